@@ -1,0 +1,187 @@
+"""llama3 adapter: stock parity, the trainer's meta -> init_weights phases, attention factor placement."""
+
+import copy
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchtitan.models.llama3 import llama3_args, Transformer
+from torchtitan.models.llama3.model.args import RoPEScalingArgs
+from torchtitan.models.llama3.model.model import precompute_freqs_cis
+
+from titan_rope_ext import RopeScaling, rope_frequencies
+from titan_rope_ext.cache import complex_cache
+from titan_rope_ext.converter import check_job, RopeScalingConverter
+from titan_rope_ext.models import adapter_for
+from titan_rope_ext.models.llama3 import ADAPTER
+from tests.unit.test_scaling import SECTIONS
+
+STOCK_LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=8192)
+
+
+def debug_args(seq_len=256, **overrides):
+    args = copy.deepcopy(llama3_args["debugmodel"])
+    args.max_seq_len = seq_len
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
+def build(cfg: RopeScaling | None, device="cpu", seq_len=256, seed=0, **overrides):
+    """Like torchtitan's Trainer: build on `device`, convert, then (for meta) to_empty + init_weights."""
+    with torch.device(device):
+        model = Transformer(debug_args(seq_len, **overrides))
+    if cfg is not None:
+        ADAPTER.convert(model, cfg)
+    if device == "meta":
+        model.to_empty(device="cpu")
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.init_weights(buffer_device=None)
+    return model
+
+
+def test_stock_equivalent_llama3_is_bitwise_stock():
+    cfg = RopeScaling(**STOCK_LLAMA3)
+    assert torch.equal(build(cfg).freqs_cis, build(None).freqs_cis)
+    # 8B dims at 128K positions: head_dim 128, theta 500000
+    ours = complex_cache(*rope_frequencies(cfg, 128, 500000.0, 131072), 131072)
+    stock = precompute_freqs_cis(128, 131072, 500000.0, RoPEScalingArgs())
+    assert ours.dtype == stock.dtype == torch.complex64 and torch.equal(ours, stock)
+
+
+def test_default_is_bitwise_stock_without_scaling():
+    # stock llama3 with factor 1 leaves every band as is: plain RoPE
+    stock = precompute_freqs_cis(16, 256, 500000.0, RoPEScalingArgs(scaling_factor=1.0))
+    assert torch.equal(build(RopeScaling()).freqs_cis, stock)
+
+
+@pytest.mark.parametrize("rope_type", sorted(SECTIONS))
+def test_meta_convert_init_weights_equals_eager(rope_type):
+    cfg = RopeScaling(rope_type=rope_type, **SECTIONS[rope_type])
+    with torch.device("meta"):
+        meta_model = Transformer(debug_args())
+    ADAPTER.convert(meta_model, cfg)
+    assert meta_model.freqs_cis.is_meta  # the converter allocated nothing real
+    meta_model.to_empty(device="cpu")
+    with torch.no_grad():
+        meta_model.init_weights(buffer_device=None)
+    eager = build(cfg)
+    assert meta_model.freqs_cis.dtype == torch.complex64 and meta_model.freqs_cis.shape == (256, 8)
+    assert torch.equal(meta_model.freqs_cis, eager.freqs_cis)
+    inv_freq, af = rope_frequencies(cfg, 16, 500000.0, 256)
+    assert torch.equal(eager.freqs_cis, complex_cache(inv_freq, af, 256))
+
+
+@pytest.mark.parametrize("rope_type", ["yarn", "linear"])
+def test_scaled_cache_differs_from_stock(rope_type):
+    cfg = RopeScaling(rope_type=rope_type, **SECTIONS[rope_type])
+    assert not torch.equal(build(cfg).freqs_cis, build(None).freqs_cis)
+
+
+def test_cache_is_non_persistent_and_out_of_the_state_dict():
+    stock, converted = build(None), build(RopeScaling(rope_type="yarn", **SECTIONS["yarn"]))
+    assert "freqs_cis" in converted._non_persistent_buffers_set
+    assert set(converted.state_dict()) == set(stock.state_dict())
+    assert not any("freqs" in k or "rope" in k for k in converted.state_dict())
+    # weights load both ways with strict key matching
+    converted.load_state_dict(stock.state_dict(), strict=True)
+    stock.load_state_dict(converted.state_dict(), strict=True)
+
+
+def test_convert_twice_is_refused():
+    model = build(RopeScaling())
+    with pytest.raises(RuntimeError, match="already converted"):
+        ADAPTER.convert(model, RopeScaling())
+
+
+def test_deepcopy_and_dynamic_subclasses_keep_the_scaled_cache():
+    cfg = RopeScaling(rope_type="linear", factor=4.0)
+    model = build(cfg)
+    part = copy.deepcopy(model)  # what torchtitan's pipeline split does
+    with torch.no_grad():
+        part.init_weights(buffer_device=torch.device("cpu"))
+    assert torch.equal(part.freqs_cis, model.freqs_cis)
+    wrapped_cls = type("FSDPWrapped", (type(model),), {})  # FSDP2 subclasses the module's class
+    model.__class__ = wrapped_cls
+    with torch.no_grad():
+        model.init_weights(buffer_device=None)
+    assert torch.equal(model.freqs_cis, part.freqs_cis)
+    assert isinstance(model, Transformer)
+
+
+def _reference_attention(attn, x, inv_freq, attention_factor):
+    """fp32 attention with RoPE written out on adjacent pairs, the factor on cos and sin (transformers' rule)."""
+    bs, seq, _ = x.shape
+    q = attn.wq(x).view(bs, seq, -1, attn.head_dim)
+    k = attn.wk(x).view(bs, seq, -1, attn.head_dim)
+    v = attn.wv(x).view(bs, seq, -1, attn.head_dim)
+    angle = torch.arange(seq, dtype=torch.float64)[:, None] * inv_freq.double()[None, :]
+    cos = (torch.cos(angle) * attention_factor)[None, :, None, :]
+    sin = (torch.sin(angle) * attention_factor)[None, :, None, :]
+
+    def rotate(t):
+        t = t.double()
+        even, odd = t[..., 0::2], t[..., 1::2]
+        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+    q, k, v = rotate(q).transpose(1, 2), rotate(k).transpose(1, 2), v.double().transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
+    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    out = (F.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(bs, seq, -1)
+    return attn.wo(out.float())
+
+
+FACTOR_SECTIONS = {
+    "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
+    "longrope": dict(rope_type="longrope", **dict(SECTIONS["longrope"], original_max_position_embeddings=16)),
+    "default": {},
+}
+
+
+@pytest.mark.parametrize("rope_type", sorted(FACTOR_SECTIONS))
+def test_attention_factor_reaches_the_scores_once(rope_type):
+    cfg = RopeScaling(**FACTOR_SECTIONS[rope_type])
+    model = build(cfg, seq_len=64)
+    inv_freq, af = rope_frequencies(cfg, 16, 500000.0, 64)
+    if rope_type != "default":
+        assert af > 1.05
+    attn = model.layers["0"].attention
+    x = torch.randn(2, 64, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = attn(x, model.freqs_cis, attention_masks=None)
+        expected = _reference_attention(attn, x, inv_freq, af)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        if rope_type != "default":  # the check can fail: factor dropped or squared are both different
+            for wrong in (1.0, af * af):
+                assert not torch.allclose(out, _reference_attention(attn, x, inv_freq, wrong), rtol=1e-4, atol=1e-5)
+
+
+def test_check_job_and_converter():
+    job = SimpleNamespace(model=SimpleNamespace(name="llama3", flavor="debugmodel"),
+                          rope_scaling=RopeScaling(rope_type="longrope", short_factor=[1.0] * 4,
+                                                   long_factor=[1.0] * 4, original_max_position_embeddings=64))
+    with pytest.raises(ValueError, match="short_factor must have head_dim // 2 = 8 entries"):
+        check_job(job)
+    job.rope_scaling = RopeScaling(rope_type="linear", factor=2.0)
+    converter = RopeScalingConverter(job, parallel_dims=None)
+    with torch.device("meta"):
+        model = Transformer(debug_args())
+    converter.convert(model)
+    assert model.freqs_cis.is_meta and type(model).__name__ == "RopeScaledTransformer"
+    # qwen3 is a torchtitan model this version of the extension does not convert yet
+    job.model.name = "qwen3"
+    with pytest.raises(ValueError, match=r"model.name = 'qwen3' .*supported models: llama3"):
+        check_job(job)
+    with pytest.raises(ValueError, match="no \\[rope_scaling\\] section"):
+        check_job(SimpleNamespace(model=job.model))
+
+
+def test_adapter_is_chosen_by_model_class():
+    assert adapter_for(Transformer) is ADAPTER
+    assert adapter_for(type("MyLlama", (Transformer,), {})) is ADAPTER
+    with pytest.raises(ValueError, match="'torch.nn.modules.linear.Linear' has no rotary cache"):
+        adapter_for(torch.nn.Linear)

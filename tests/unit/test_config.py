@@ -1,0 +1,90 @@
+"""The [rope_scaling] section: every bad value is a ValueError naming the key and the value."""
+
+import pytest
+
+from titan_rope_ext import RopeScaling
+
+YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
+LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=8192)
+LONGROPE = dict(rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8,
+                original_max_position_embeddings=64)
+
+
+@pytest.mark.parametrize(
+    "section, fragments",
+    [
+        (dict(rope_type="yarnn"), ["rope_scaling.rope_type", "'yarnn'", "'default'", "'longrope'"]),
+        (dict(rope_type="linear", factor=0.5), ["rope_scaling.factor", ">= 1.0", "0.5"]),
+        (dict(rope_type="linear", factor=0.0), ["rope_scaling.factor", "0.0"]),
+        (dict(rope_type="linear", factor=float("nan")), ["rope_scaling.factor", "nan"]),
+        (dict(rope_type="linear"), ["rope_scaling.factor", "required", "'linear'"]),
+        (dict(YARN, original_max_position_embeddings=0), ["rope_scaling.original_max_position_embeddings", "0"]),
+        (dict(YARN, original_max_position_embeddings=-8), ["original_max_position_embeddings", "-8"]),
+        (dict(YARN, original_max_position_embeddings=64.5), ["original_max_position_embeddings", "64.5"]),
+        (dict(YARN, beta_fast=1.0, beta_slow=1.0), ["rope_scaling.beta_fast", "beta_slow", "1.0"]),
+        (dict(YARN, beta_fast=0.5), ["rope_scaling.beta_fast", "0.5"]),
+        (dict(YARN, attention_factor=-1.0), ["rope_scaling.attention_factor", "-1.0"]),
+        (dict(YARN, mscale=0.0), ["rope_scaling.mscale", "0.0"]),
+        (dict(LLAMA3, low_freq_factor=4.0), ["rope_scaling.high_freq_factor", "4.0"]),
+        (dict(LLAMA3, low_freq_factor=5.0), ["high_freq_factor", "low_freq_factor (5.0)", "4.0"]),
+        (dict(LLAMA3, high_freq_factor=None), ["rope_scaling.high_freq_factor", "required"]),
+        (dict(LONGROPE, long_factor=[2.0] * 7), ["rope_scaling.long_factor", "8", "7"]),
+        (dict(LONGROPE, short_factor=[1.0, -1.0] * 4), ["rope_scaling.short_factor", "-1.0"]),
+        (dict(LONGROPE, long_factor=[]), ["rope_scaling.long_factor", "[]"]),
+        (dict(LONGROPE, short_factor=None), ["rope_scaling.short_factor", "required"]),
+        (dict(rope_type="default", theta=0.5), ["rope_scaling.theta", "0.5"]),
+        (dict(rope_type="default", factor=4.0), ["rope_scaling.factor", "4.0", "'default'"]),
+        (dict(rope_type="linear", factor=4.0, beta_fast=32.0), ["rope_scaling.beta_fast", "32.0", "'linear'"]),
+        (dict(LLAMA3, truncate=False), ["rope_scaling.truncate", "False", "'llama3'"]),
+        (dict(YARN, low_freq_factor=1.0), ["rope_scaling.low_freq_factor", "'yarn'"]),
+        (dict(rope_type="ntk", factor=2.0, original_max_position_embeddings=64),
+         ["rope_scaling.original_max_position_embeddings", "64", "'ntk'"]),
+        (dict(YARN, truncate="yes"), ["rope_scaling.truncate", "'yes'"]),
+    ],
+)
+def test_bad_values_name_key_and_value(section, fragments):
+    with pytest.raises(ValueError) as err:
+        RopeScaling(**section)
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_longrope_length_is_checked_against_head_dim():
+    cfg = RopeScaling(**LONGROPE)
+    cfg.check_head_dim(16)
+    with pytest.raises(ValueError, match=r"rope_scaling.short_factor must have head_dim // 2 = 64 entries .* got 8"):
+        cfg.check_head_dim(128)
+    with pytest.raises(ValueError, match="even head_dim, got 15"):
+        RopeScaling().check_head_dim(15)
+
+
+def test_defaults_are_plain_rope_and_valid():
+    cfg = RopeScaling()
+    assert cfg.rope_type == "default" and cfg.method_kwargs() == {}
+
+
+def test_from_hf_reads_transformers_dicts():
+    llama31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    assert RopeScaling.from_hf(llama31) == RopeScaling(**LLAMA3)
+    legacy = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert RopeScaling.from_hf(legacy) == RopeScaling(rope_type="yarn", factor=4.0,
+                                                      original_max_position_embeddings=32768)
+    params = {"rope_type": "default", "rope_theta": 1000000.0}
+    assert RopeScaling.from_hf(params).theta == 1000000.0
+    assert RopeScaling.from_hf(legacy, factor=8.0).factor == 8.0
+
+
+def test_from_hf_refuses_what_it_cannot_honour():
+    with pytest.raises(ValueError, match="'partial_rotary_factor' .*0.5"):
+        RopeScaling.from_hf({"rope_type": "default", "partial_rotary_factor": 0.5})
+    with pytest.raises(ValueError, match="'rope_type' twice .*'yarn' and 'linear'"):
+        RopeScaling.from_hf({"type": "yarn", "rope_type": "linear", "factor": 2.0})
+    with pytest.raises(ValueError, match="rope_scaling.beta_fast"):
+        RopeScaling.from_hf({"rope_type": "linear", "factor": 2.0, "beta_fast": 32})
+
+
+def test_describe_lists_set_keys():
+    assert RopeScaling(**YARN, theta=1e6).describe() == (
+        "rope_type=yarn theta=1000000.0 factor=4.0 original_max_position_embeddings=64")

@@ -1,0 +1,27 @@
+"""titan_rope_ext: RoPE context extension for torchtitan 0.2.x as a model converter.
+
+Public API::
+
+    from titan_rope_ext import RopeScaling, rope_frequencies
+
+Importing the package registers the ``rope_scaling`` model converter with torchtitan
+(``[experimental] custom_import = "titan_rope_ext"`` works for that reason); the
+``[rope_scaling]`` TOML section comes from ``titan_rope_ext.job_config``.
+"""
+
+import os
+
+if os.environ.get("TITAN_ROPE_CPU_WORKER") == "1":
+    # Set only by `titan-rope train` for its own worker processes: adapt this process for a
+    # CPU-only run before anything imports torchtitan (see titan_rope_ext/launch/cpu.py).
+    from titan_rope_ext.launch.cpu import apply_cpu_shims
+
+    apply_cpu_shims()
+
+from titan_rope_ext.config import RopeScaling, rope_frequencies, ROPE_TYPES
+from titan_rope_ext.scaling import ROPE_FUNCTIONS
+
+__all__ = ["RopeScaling", "rope_frequencies", "ROPE_FUNCTIONS", "ROPE_TYPES"]
+__version__ = "0.1.0"
+
+import titan_rope_ext.converter  # noqa: E402,F401  (registers the converter)

@@ -1,0 +1,226 @@
+"""The ``[rope_scaling]`` section: a plain dataclass, validated when it is built.
+
+torchtitan's ConfigManager builds this dataclass from the TOML section and again with the
+CLI overrides, so every check in ``__post_init__`` fails at config-parse time, before any
+model or device work. Key names and defaults follow Hugging Face transformers'
+``rope_scaling`` dicts; ``RopeScaling.from_hf`` reads such a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import torch
+
+from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
+
+RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
+
+# keys every rope type accepts in addition to its own
+_COMMON_KEYS = frozenset({"rope_type", "theta"})
+# transformers' spellings that mean one of our keys
+_HF_ALIASES = {"type": "rope_type", "rope_theta": "theta"}
+
+
+@dataclass
+class RopeScaling:
+    """RoPE settings of the ``rope_scaling`` model converter (the ``[rope_scaling]`` TOML section).
+
+    Unset keys (``None``) take the method's default; a key that the chosen ``rope_type``
+    does not use is an error, not ignored.
+    """
+
+    rope_type: RopeType = "default"
+    """Scaling method: default (plain RoPE), linear (position interpolation), ntk (static
+    NTK-aware base change), dynamic (dynamic NTK), yarn, llama3 (Llama 3.1) or longrope."""
+
+    factor: float | None = None
+    """Context extension ratio (new length / trained length), >= 1. Required by linear, ntk,
+    dynamic, yarn and llama3; optional for longrope (attention factor only)."""
+
+    original_max_position_embeddings: int | None = None
+    """Length the model was (pre)trained at. Required by dynamic, yarn, llama3 and longrope."""
+
+    theta: float | None = None
+    """RoPE base frequency; overrides the model's ``rope_theta`` (base-frequency extension)."""
+
+    low_freq_factor: float | None = None
+    """llama3: bands with wavelength > original / low_freq_factor are fully scaled."""
+
+    high_freq_factor: float | None = None
+    """llama3: bands with wavelength < original / high_freq_factor are kept; must exceed low_freq_factor."""
+
+    beta_fast: float | None = None
+    """yarn: bands turning more than beta_fast times over the original length are kept (default 32)."""
+
+    beta_slow: float | None = None
+    """yarn: bands turning fewer than beta_slow times are fully interpolated (default 1)."""
+
+    mscale: float | None = None
+    """yarn: DeepSeek-style attention-factor numerator scale (used with mscale_all_dim)."""
+
+    mscale_all_dim: float | None = None
+    """yarn: DeepSeek-style attention-factor denominator scale (used with mscale)."""
+
+    attention_factor: float | None = None
+    """yarn, longrope: explicit factor on cos/sin; default from the method's formula."""
+
+    truncate: bool | None = None
+    """yarn: round the ramp's end points to whole dimensions (default true)."""
+
+    short_factor: list[float] | None = None
+    """longrope: per-band rescale (head_dim // 2 entries) for runs within the original length."""
+
+    long_factor: list[float] | None = None
+    """longrope: per-band rescale (head_dim // 2 entries) for runs past the original length."""
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in ROPE_FUNCTIONS:
+            raise ValueError(
+                f"rope_scaling.rope_type must be one of {sorted(ROPE_FUNCTIONS)}, got {self.rope_type!r}"
+            )
+        required, optional = method_keys(self.rope_type)
+        set_keys = {k for k, v in self.method_kwargs(include_unset=True).items() if v is not None}
+        if foreign := sorted(set_keys - required - optional):
+            key = foreign[0]
+            allowed = ", ".join(sorted(required | optional)) or "none besides theta"
+            raise ValueError(
+                f"rope_scaling.{key} = {getattr(self, key)!r} does not apply to rope_type "
+                f"{self.rope_type!r} (its keys: {allowed})"
+            )
+        if missing := sorted(required - set_keys):
+            raise ValueError(
+                f"rope_scaling.{missing[0]} is required for rope_type {self.rope_type!r}, got None"
+            )
+        self._check_values()
+
+    def _check_values(self) -> None:
+        def fail(key: str, rule: str) -> None:
+            raise ValueError(f"rope_scaling.{key} must be {rule}, got {getattr(self, key)!r}")
+
+        def finite(key: str) -> float | None:
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+                fail(key, "a finite number")
+            return value
+
+        for key in ("factor", "theta", "low_freq_factor", "high_freq_factor", "beta_fast",
+                    "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
+            finite(key)
+        if self.factor is not None and self.factor < 1.0:
+            fail("factor", ">= 1.0")
+        if self.theta is not None and self.theta <= 1.0:
+            fail("theta", "> 1.0")
+        omp = self.original_max_position_embeddings
+        if omp is not None and (isinstance(omp, bool) or not isinstance(omp, int) or omp <= 0):
+            fail("original_max_position_embeddings", "a positive integer")
+        for key in ("low_freq_factor", "beta_slow", "mscale", "mscale_all_dim", "attention_factor"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                fail(key, "> 0")
+        if self.low_freq_factor is not None and self.high_freq_factor is not None:
+            if self.low_freq_factor >= self.high_freq_factor:
+                fail("high_freq_factor", f"> low_freq_factor ({self.low_freq_factor!r})")
+        if self.rope_type == "yarn":
+            beta_fast = 32.0 if self.beta_fast is None else self.beta_fast
+            beta_slow = 1.0 if self.beta_slow is None else self.beta_slow
+            if beta_fast <= beta_slow:
+                raise ValueError(
+                    f"rope_scaling.beta_fast must be > beta_slow ({beta_slow!r}), got {beta_fast!r}"
+                )
+        if self.truncate is not None and not isinstance(self.truncate, bool):
+            fail("truncate", "true or false")
+        for key in ("short_factor", "long_factor"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)) or not values:
+                fail(key, "a non-empty list of numbers")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    fail(key, "a list of positive finite numbers")
+        if self.rope_type == "longrope" and len(self.short_factor) != len(self.long_factor):
+            raise ValueError(
+                f"rope_scaling.long_factor must have as many entries as short_factor "
+                f"({len(self.short_factor)}), got {len(self.long_factor)}"
+            )
+
+    def method_kwargs(self, include_unset: bool = False) -> dict[str, Any]:
+        """The method's keyword arguments: every set key but rope_type and theta."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in _COMMON_KEYS and (include_unset or getattr(self, f.name) is not None)
+        }
+
+    def check_head_dim(self, head_dim: int) -> None:
+        """Checks what needs the model's head_dim (longrope list lengths); call before allocating."""
+        if head_dim <= 0 or head_dim % 2:
+            raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim}")
+        for key in ("short_factor", "long_factor"):
+            values = getattr(self, key)
+            if values is not None and len(values) != head_dim // 2:
+                raise ValueError(
+                    f"rope_scaling.{key} must have head_dim // 2 = {head_dim // 2} entries "
+                    f"for this model, got {len(values)}"
+                )
+
+    def effective_theta(self, model_theta: float) -> float:
+        """``theta`` if set, else the model's own rope_theta."""
+        return model_theta if self.theta is None else self.theta
+
+    @classmethod
+    def from_hf(cls, rope_scaling: dict[str, Any], **overrides: Any) -> "RopeScaling":
+        """Builds the section from a transformers ``rope_scaling`` / ``rope_parameters`` dict.
+
+        Accepts ``rope_type`` or the legacy ``type``, and ``rope_theta`` as ``theta``.
+        ``overrides`` (our key names) win over the dict. Unknown keys are an error.
+        """
+        values: dict[str, Any] = {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in rope_scaling.items():
+            name = _HF_ALIASES.get(key, key)
+            if name not in names:
+                raise ValueError(
+                    f"rope_scaling key {key!r} (value {value!r}) is not supported; known keys: "
+                    f"{sorted(names | set(_HF_ALIASES))}"
+                )
+            if name in values and values[name] != value:
+                raise ValueError(
+                    f"rope_scaling gives {name!r} twice with different values: {values[name]!r} and {value!r}"
+                )
+            values[name] = value
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> str:
+        """``rope_type=yarn factor=4.0 ...``: the set keys, for logs and errors."""
+        parts = [f"rope_type={self.rope_type}"]
+        if self.theta is not None:
+            parts.append(f"theta={self.theta}")
+        parts += [f"{k}={v}" for k, v in self.method_kwargs().items()]
+        return " ".join(parts)
+
+
+ROPE_TYPES: tuple[str, ...] = get_args(RopeType)
+"""The values rope_type accepts (a unit test keeps them equal to ROPE_FUNCTIONS' keys)."""
+
+
+def rope_frequencies(
+    config: RopeScaling,
+    head_dim: int,
+    theta: float,
+    seq_len: int,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, float]:
+    """``(inv_freq, attention_factor)`` for ``config`` on a model with ``head_dim`` and
+    ``rope_theta = theta`` (overridden by ``config.theta``), built for ``seq_len`` positions.
+
+    ``inv_freq`` is float32 of shape ``(head_dim // 2,)`` on ``device`` (default: the ambient
+    device, so ``with torch.device("meta")`` allocates nothing); ``attention_factor`` is a float.
+    """
+    config.check_head_dim(head_dim)
+    fn = ROPE_FUNCTIONS[config.rope_type]
+    return fn(head_dim, config.effective_theta(theta), seq_len, device, **config.method_kwargs())

@@ -1,0 +1,81 @@
+"""Process-local shims that let torchtitan 0.2.x's Trainer run on a CPU-only host.
+
+torchtitan picks its device at import time (``torch._utils._get_available_device_type()``,
+falling back to "cuda") and its metrics ask the device module for memory statistics.
+On a host without an accelerator the launcher, and only the launcher, adapts its own
+worker process before torchtitan is imported:
+
+1. ``torch._utils._get_available_device_type`` answers "cpu", so torchtitan uses
+   ``torch.cpu`` as its device module and ``gloo`` as its process-group backend;
+2. ``torch.cpu`` gains the memory-statistics calls torchtitan's ``DeviceMemoryMonitor``
+   makes (``get_device_name``, ``get_device_properties``, ``memory_stats``,
+   ``reset_peak_memory_stats``, ``empty_cache``); they report host RAM and no peaks, and
+   ``current_device`` answers index 0 (torchtitan passes it to ``barrier(device_ids=...)``);
+3. FSDP2 modules reduce gradients with a plain SUM (``set_force_sum_reduction_for_comms``)
+   whenever torchtitan sets their gradient divide factor, because gloo has no
+   ``PREMUL_SUM``. torchtitan already disables FSDP's division (factor 1.0) and
+   rescales the loss itself, so a plain SUM gives the same gradients.
+
+Nothing here runs when an accelerator is present, no installed file is edited, and no
+torchtitan module attribute is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import torch
+
+_applied = False
+
+
+def accelerator_available() -> bool:
+    """True when torch sees a CUDA/ROCm, XPU, MTIA or out-of-tree accelerator."""
+    return torch._utils._get_available_device_type() is not None
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def apply_cpu_shims() -> bool:
+    """Adapt this process for a CPU-only torchtitan run; returns whether shims were applied.
+
+    Must run before ``torchtitan`` is imported. A no-op on hosts with an accelerator.
+    """
+    global _applied
+    if _applied:
+        return True
+    if accelerator_available():
+        return False
+
+    # 1. device selection
+    torch._utils._get_available_device_type = lambda: "cpu"
+
+    # 2. memory statistics (host RAM as capacity; CPU has no caching allocator peaks)
+    total = _host_memory_bytes()
+    cpu = torch.cpu
+    cpu.get_device_name = lambda device=None: "cpu"
+    cpu.get_device_properties = lambda device=None: SimpleNamespace(name="cpu", total_memory=total)
+    cpu.memory_stats = lambda device=None: {}
+    cpu.reset_peak_memory_stats = lambda device=None: None
+    cpu.empty_cache = lambda: None
+    # torch.cpu.current_device() answers "cpu"; torchtitan passes it to barrier(device_ids=[...])
+    cpu.current_device = lambda: 0
+
+    # 3. gloo has no PREMUL_SUM: reduce with SUM when torchtitan sets the divide factor
+    from torch.distributed.fsdp import FSDPModule
+
+    set_factor = FSDPModule.set_gradient_divide_factor
+
+    def set_gradient_divide_factor(self, factor: float) -> None:
+        set_factor(self, factor)
+        self.set_force_sum_reduction_for_comms(True)
+
+    FSDPModule.set_gradient_divide_factor = set_gradient_divide_factor
+    _applied = True
+    return True

@@ -1,0 +1,58 @@
+"""Model adapters: one module per torchtitan model, each knowing that model's rotary cache.
+
+An adapter is chosen by the model's class (the train spec's ``model_cls``), never by the
+user. Adding a model is one new module that defines an ``Adapter`` and one line in
+``_ADAPTER_MODULES``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+from torch import nn
+
+from titan_rope_ext.config import RopeScaling
+
+# torchtitan model name -> adapter module (imported lazily: it imports torchtitan's model)
+_ADAPTER_MODULES = {
+    "llama3": "titan_rope_ext.models.llama3",
+}
+
+
+class Adapter(Protocol):
+    """What the converter needs to know about one torchtitan model."""
+
+    name: str
+
+    def model_class(self) -> type[nn.Module]:
+        """The torchtitan model class (and its subclasses) this adapter converts."""
+        ...
+
+    def head_dim(self, model_args) -> int:
+        """Rotary dimension per head for these model args."""
+        ...
+
+    def convert(self, model: nn.Module, config: RopeScaling) -> str:
+        """Makes ``model`` build its rotary cache from ``config``; returns a log summary."""
+        ...
+
+
+def supported_models() -> list[str]:
+    return sorted(_ADAPTER_MODULES)
+
+
+def adapter_for(model_cls: type, model_name: str = "") -> Adapter:
+    """The adapter whose model class ``model_cls`` is (or derives from).
+
+    Raises ValueError naming the supported models when none fits.
+    """
+    for module in _ADAPTER_MODULES.values():
+        adapter = importlib.import_module(module).ADAPTER
+        if issubclass(model_cls, adapter.model_class()):
+            return adapter
+    shown = model_name or f"{model_cls.__module__}.{model_cls.__qualname__}"
+    raise ValueError(
+        f"model.name = {shown!r} has no rotary cache that rope_scaling supports; "
+        f"supported models: {', '.join(supported_models())}"
+    )
