@@ -1,0 +1,102 @@
+"""torchtitan's own ConfigManager parses our section; the launcher refuses bad jobs before launching."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from torchtitan.config import ConfigManager
+
+from titan_rope_ext import RopeScaling, ROPE_TYPES
+from tests.integration.conftest import CONFIGS, config, REPO, titan_rope
+
+SHIPPED = sorted(CONFIGS.glob("*.toml"))
+
+
+def test_every_rope_type_has_a_shipped_config():
+    assert {p.stem.removeprefix("llama3_debug_") for p in SHIPPED} >= set(ROPE_TYPES)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_tomls_parse(path):
+    job = ConfigManager().parse_args(["--job.config_file", str(path)])
+    assert isinstance(job.rope_scaling, RopeScaling)
+    assert job.model.converters == ["rope_scaling"]
+    assert job.rope_scaling.rope_type == path.stem.removeprefix("llama3_debug_")
+
+
+def test_cli_overrides_the_toml():
+    job = ConfigManager().parse_args(["--job.config_file", str(config("yarn")), "--rope_scaling.factor", "8",
+                                      "--rope_scaling.beta_fast", "64"])
+    assert job.rope_scaling.factor == 8.0 and job.rope_scaling.beta_fast == 64.0
+    assert job.rope_scaling.original_max_position_embeddings == 64  # untouched keys keep the TOML value
+    job = ConfigManager().parse_args(["--job.config_file", str(config("linear")),
+                                      "--rope_scaling.rope_type", "yarn",
+                                      "--rope_scaling.original_max_position_embeddings", "128"])
+    assert job.rope_scaling == RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=128)
+
+
+def test_bad_cli_value_is_refused_by_the_config_manager(capsys):
+    with pytest.raises(SystemExit):
+        ConfigManager().parse_args(["--job.config_file", str(config("yarn")), "--rope_scaling.factor", "0.5"])
+    assert "rope_scaling.factor must be >= 1.0, got 0.5" in capsys.readouterr().err.replace("\n", " ").replace("│", "")
+
+
+def test_bad_toml_value_is_refused_by_the_config_manager(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config("yarn").read_text().replace("beta_slow = 1.0", "beta_slow = 64.0"))
+    with pytest.raises(ValueError, match=r"rope_scaling.beta_fast must be > beta_slow \(64.0\), got 32.0"):
+        ConfigManager().parse_args(["--job.config_file", str(bad)])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rope_scaling.rope_type", "linear"], "rope_scaling.beta_fast = 32.0 does not apply to rope_type 'linear'"),
+        (["--model.converters", "float8"], "does not list 'rope_scaling'"),
+        (["--model.name", "qwen3", "--model.flavor", "0.6B"], "supported models: llama3"),
+    ],
+    ids=["foreign-key", "converter-missing", "unsupported-model"],
+)
+def test_launcher_fails_before_launching(args, message):
+    run = titan_rope("--job.config_file", config("yarn"), *args)
+    assert run.returncode == 2, run.output[-3000:]
+    flat = run.output.replace("\n", " ").replace("│", "")
+    assert " ".join(message.split()) in " ".join(flat.split())
+    assert "torch.distributed.run" not in run.output and "Starting job" not in run.output
+
+
+def test_custom_import_registers_the_converter_for_a_users_own_config_module(tmp_path):
+    # a user with their own custom_config_module composes our section and imports the package
+    (tmp_path / "my_job.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass, field
+        from titan_rope_ext import RopeScaling
+
+        @dataclass
+        class JobConfig:
+            rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    """))
+    toml = tmp_path / "job.toml"
+    toml.write_text(config("linear").read_text().replace(
+        'custom_config_module = "titan_rope_ext.job_config"',
+        'custom_config_module = "my_job"\n[experimental]\ncustom_import = "titan_rope_ext"'))
+    script = textwrap.dedent(f"""
+        import importlib, torch
+        from torchtitan.protocols import model_converter
+        assert "rope_scaling" not in model_converter._registry_model_converter_cls
+        importlib.import_module("titan_rope_ext")  # what the Trainer does for experimental.custom_import
+        assert "rope_scaling" in model_converter._registry_model_converter_cls
+        from torchtitan.config import ConfigManager
+        job = ConfigManager().parse_args(["--job.config_file", {str(toml)!r}])
+        assert job.experimental.custom_import == "titan_rope_ext"
+        converters = model_converter.build_model_converters(job, parallel_dims=None)
+        from torchtitan.models.llama3 import llama3_args, Transformer
+        with torch.device("meta"):
+            model = Transformer(llama3_args["debugmodel"])
+        converters.convert(model)
+        print(type(model).__name__, model._rope_scaling.describe())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RopeScaledTransformer rope_type=linear factor=4.0" in proc.stdout

@@ -1,0 +1,29 @@
+"""The real torchtitan Trainer, through titan-rope on CPU: every rope type, 1 rank and 2-rank FSDP2 (gloo)."""
+
+import pytest
+
+from titan_rope_ext import ROPE_TYPES
+from tests.integration.conftest import assert_trains
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("rope_type", ROPE_TYPES)
+def test_one_rank(runs, rope_type):
+    run = runs(rope_type, nproc=1).check()
+    assert f"rope_scaling: llama3 rope_type={rope_type}" in run.output
+    assert_trains(run, 10)
+
+
+@pytest.mark.parametrize("rope_type", ROPE_TYPES)
+def test_two_ranks_fsdp2(runs, rope_type):
+    run = runs(rope_type, nproc=2, steps=8).check()
+    assert "Applied FSDP to the model" in run.output
+    assert f"rope_scaling: llama3 rope_type={rope_type}" in run.output
+    assert_trains(run, 8)
+
+
+def test_scaling_changes_training(runs):
+    # same data, seed and weights: only the rotary cache differs, so the losses must differ
+    default, linear = runs("default").check().losses, runs("linear").check().losses
+    assert default[1] != linear[1] or default[10] != linear[10]
