@@ -32,7 +32,7 @@ class Run:
 
 def titan_rope(*args: str, nproc: int = 1, timeout: int = 600) -> Run:
     """``titan-rope train --nproc N <args>`` from the repo root (configs use repo-relative paths)."""
-    cmd = [sys.executable, "-m", "titan_rope_ext.launch.cli", "train", f"--nproc={nproc}", *map(str, args)]
+    cmd = [sys.executable, "-m", "titan_rope_cli", "train", f"--nproc={nproc}", *map(str, args)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return Run(proc.returncode, proc.stdout + proc.stderr)
 

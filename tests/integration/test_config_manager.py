@@ -58,12 +58,17 @@ def test_bad_toml_value_is_refused_by_the_config_manager(tmp_path):
     ],
     ids=["foreign-key", "converter-missing", "unsupported-model"],
 )
-def test_launcher_fails_before_launching(args, message):
-    run = titan_rope("--job.config_file", config("yarn"), *args)
+def test_launcher_fails_before_launching(args, message, nproc=1):
+    run = titan_rope("--job.config_file", config("yarn"), *args, nproc=nproc)
     assert run.returncode == 2, run.output[-3000:]
     flat = run.output.replace("\n", " ").replace("│", "")
     assert " ".join(message.split()) in " ".join(flat.split())
-    assert "torch.distributed.run" not in run.output and "Starting job" not in run.output
+    assert "Starting job" not in run.output and "torch.distributed" not in run.output
+
+
+def test_launcher_checks_before_torchrun_starts_ranks():
+    test_launcher_fails_before_launching(["--rope_scaling.factor", "0.5"], "rope_scaling.factor must be >= 1.0, got 0.5",
+                                         nproc=2)
 
 
 def test_custom_import_registers_the_converter_for_a_users_own_config_module(tmp_path):

@@ -1,1 +1,1 @@
-"""The ``titan-rope`` command: runs torchtitan's own trainer, on CPU-only hosts too."""
+"""Rank-side pieces of the ``titan-rope`` launcher (its entry is the top-level ``titan_rope_cli``)."""
