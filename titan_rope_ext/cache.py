@@ -25,3 +25,16 @@ def complex_cache(inv_freq: torch.Tensor, attention_factor: float, seq_len: int)
     """
     angles = rotation_angles(inv_freq, seq_len)
     return torch.polar(torch.full_like(angles, attention_factor), angles)
+
+
+def cos_sin_cache(inv_freq: torch.Tensor, attention_factor: float, seq_len: int) -> torch.Tensor:
+    """float32 ``(seq_len, 2 * head_dim)``: ``[cos | sin]``, each ``attention_factor * f(angle)``
+    over ``head_dim`` columns with the bands repeated (``[angles, angles]``).
+
+    The layout of torchtitan's qwen3 ``rope_cache`` (rotate-half: dimension ``i`` pairs with
+    ``i + head_dim/2``). With ``attention_factor == 1`` it is bitwise torchtitan's
+    ``precompute_rope_cache`` for the same ``inv_freq``.
+    """
+    angles = rotation_angles(inv_freq, seq_len)
+    both_halves = torch.cat([angles, angles], dim=-1)
+    return torch.cat([both_halves.cos() * attention_factor, both_halves.sin() * attention_factor], dim=-1)

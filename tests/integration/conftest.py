@@ -37,8 +37,8 @@ def titan_rope(*args: str, nproc: int = 1, timeout: int = 600) -> Run:
     return Run(proc.returncode, proc.stdout + proc.stderr)
 
 
-def config(name: str) -> Path:
-    return CONFIGS / f"llama3_debug_{name}.toml"
+def config(name: str, model: str = "llama3") -> Path:
+    return CONFIGS / f"{model}_debug_{name}.toml"
 
 
 def short_run_args(dump: Path, steps: int) -> list[str]:
@@ -60,14 +60,15 @@ def assert_trains(run: Run, steps: int) -> None:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """Session cache of training runs, keyed by (config name, nproc, steps)."""
+    """Session cache of training runs, keyed by (config name, model, nproc, steps)."""
     cache: dict[tuple, Run] = {}
 
-    def get(name: str, nproc: int = 1, steps: int = 10) -> Run:
-        key = (name, nproc, steps)
+    def get(name: str, nproc: int = 1, steps: int = 10, model: str = "llama3") -> Run:
+        key = (name, model, nproc, steps)
         if key not in cache:
-            dump = tmp_path_factory.mktemp(f"{name}-{nproc}")
-            cache[key] = titan_rope("--job.config_file", config(name), *short_run_args(dump, steps), nproc=nproc)
+            dump = tmp_path_factory.mktemp(f"{model}-{name}-{nproc}")
+            cache[key] = titan_rope("--job.config_file", config(name, model), *short_run_args(dump, steps),
+                                    nproc=nproc)
         return cache[key]
 
     return get

@@ -8,6 +8,7 @@ import pytest
 from torchtitan.config import ConfigManager
 
 from titan_rope_ext import RopeScaling, ROPE_TYPES
+from titan_rope_ext.launch.check import ConfigError, preflight
 from tests.integration.conftest import CONFIGS, config, REPO, titan_rope
 
 SHIPPED = sorted(CONFIGS.glob("*.toml"))
@@ -18,11 +19,12 @@ def test_every_rope_type_has_a_shipped_config():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_tomls_parse(path):
-    job = ConfigManager().parse_args(["--job.config_file", str(path)])
+def test_shipped_tomls_parse_and_pass_the_launcher_check(path):
+    job = preflight(["--job.config_file", str(path)])  # torchtitan's ConfigManager + model checks
     assert isinstance(job.rope_scaling, RopeScaling)
     assert job.model.converters == ["rope_scaling"]
-    assert job.rope_scaling.rope_type == path.stem.removeprefix("llama3_debug_")
+    assert job.model.name == path.stem.split("_")[0]
+    assert job.rope_scaling.rope_type == path.stem.rsplit("_", 1)[1]
 
 
 def test_cli_overrides_the_toml():
@@ -54,21 +56,26 @@ def test_bad_toml_value_is_refused_by_the_config_manager(tmp_path):
     [
         (["--rope_scaling.rope_type", "linear"], "rope_scaling.beta_fast = 32.0 does not apply to rope_type 'linear'"),
         (["--model.converters", "float8"], "does not list 'rope_scaling'"),
-        (["--model.name", "qwen3", "--model.flavor", "0.6B"], "supported models: llama3"),
+        (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel"], "supported models: llama3, qwen3"),
+        (["--rope_scaling.rope_type", "longrope", "--rope_scaling.short_factor", "1", "1",
+          "--rope_scaling.long_factor", "2", "2", "--rope_scaling.beta_fast", "32", "--rope_scaling.beta_slow", "1"],
+         "rope_scaling.beta_fast = 32.0 does not apply to rope_type 'longrope'"),
     ],
-    ids=["foreign-key", "converter-missing", "unsupported-model"],
+    ids=["foreign-key", "converter-missing", "unsupported-model", "foreign-key-after-type-switch"],
 )
-def test_launcher_fails_before_launching(args, message, nproc=1):
-    run = titan_rope("--job.config_file", config("yarn"), *args, nproc=nproc)
+def test_preflight_refuses(args, message, capsys):
+    with pytest.raises(ConfigError) as err:
+        preflight(["--job.config_file", str(config("yarn")), *args])
+    text = " ".join((str(err.value) + " " + capsys.readouterr().err).replace("│", "").split())
+    assert " ".join(message.split()) in text
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_launcher_exits_2_before_starting_torchtitan(nproc):
+    run = titan_rope("--job.config_file", config("yarn"), "--rope_scaling.factor", "0.5", nproc=nproc)
     assert run.returncode == 2, run.output[-3000:]
-    flat = run.output.replace("\n", " ").replace("│", "")
-    assert " ".join(message.split()) in " ".join(flat.split())
+    assert "rope_scaling.factor must be >= 1.0, got 0.5" in " ".join(run.output.replace("│", "").split())
     assert "Starting job" not in run.output and "torch.distributed" not in run.output
-
-
-def test_launcher_checks_before_torchrun_starts_ranks():
-    test_launcher_fails_before_launching(["--rope_scaling.factor", "0.5"], "rope_scaling.factor must be >= 1.0, got 0.5",
-                                         nproc=2)
 
 
 def test_custom_import_registers_the_converter_for_a_users_own_config_module(tmp_path):

@@ -17,9 +17,15 @@ def test_one_rank(runs, rope_type):
 
 @pytest.mark.parametrize("rope_type", ROPE_TYPES)
 def test_two_ranks_fsdp2(runs, rope_type):
-    run = runs(rope_type, nproc=2, steps=8).check()
+    run = runs(rope_type, nproc=2, steps=6).check()
     assert "Applied FSDP to the model" in run.output
     assert f"rope_scaling: llama3 rope_type={rope_type}" in run.output
+    assert_trains(run, 6)
+
+
+def test_qwen3_cos_sin_cache_trains(runs):
+    run = runs("yarn", model="qwen3", steps=8).check()
+    assert "rope_scaling: qwen3 rope_type=yarn" in run.output and "attention_factor=1.13863 (on cos and sin)" in run.output
     assert_trains(run, 8)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Callable
 
 import torch
 from torch import nn
 
-from titan_rope_ext.config import RopeScaling
+from titan_rope_ext.config import rope_frequencies, RopeScaling
 
 CONFIG_ATTR = "_rope_scaling"
 """Instance attribute holding the converted model's RopeScaling (a plain attribute: never in a state dict)."""
@@ -43,3 +44,43 @@ def install(model: nn.Module, config: RopeScaling, method: str, build: Callable[
 
 def config_of(model: nn.Module) -> RopeScaling:
     return getattr(model, CONFIG_ATTR)
+
+
+class MethodAdapter:
+    """Adapter for a model whose rotary cache is a buffer that one of its methods rebuilds.
+
+    Such a model calls ``self.<method>()`` at construction and in ``init_weights``; the
+    converter gives the instance a subclass whose ``<method>`` builds the cache from
+    ``[rope_scaling]`` with ``cache_fn(inv_freq, attention_factor, max_seq_len)``.
+    """
+
+    def __init__(self, name: str, model_class: str, method: str, buffer: str,
+                 head_dim: Callable[[object], int], cache_fn: Callable[[torch.Tensor, float, int], torch.Tensor],
+                 factor_site: str):
+        self.name, self._model_class, self.method, self.buffer = name, model_class, method, buffer
+        self.head_dim, self.factor_site = head_dim, factor_site
+
+        def precompute(model: nn.Module) -> torch.Tensor:
+            args = model.model_args
+            inv_freq, attention_factor = rope_frequencies(
+                config_of(model), head_dim(args), args.rope_theta, args.max_seq_len)
+            return cache_fn(inv_freq, attention_factor, args.max_seq_len)
+
+        precompute.__name__ = method
+        self._precompute = precompute
+
+    def model_class(self) -> type[nn.Module]:
+        module, _, cls = self._model_class.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def convert(self, model: nn.Module, config: RopeScaling) -> str:
+        args = model.model_args
+        head_dim = self.head_dim(args)
+        config.check_head_dim(head_dim)
+        install(model, config, self.method, self._precompute, self.buffer)
+        with torch.device("meta"):
+            _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
+        return (
+            f"head_dim={head_dim} theta={config.effective_theta(args.rope_theta)} seq_len={args.max_seq_len} "
+            f"attention_factor={attention_factor:.6g} ({self.factor_site})"
+        )

@@ -14,47 +14,15 @@ The converted model ignores ``model_args.rope_scaling_args`` (stock torchtitan 0
 applies llama3 scaling with them); ``[rope_scaling]`` alone decides the RoPE.
 """
 
-from __future__ import annotations
-
-import torch
-from torch import nn
-
 from titan_rope_ext.cache import complex_cache
-from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.models._common import config_of, install
+from titan_rope_ext.models._common import MethodAdapter
 
-
-def _head_dim(model_args) -> int:
-    return model_args.dim // model_args.n_heads
-
-
-def _precompute_freqs_cis(self) -> torch.Tensor:
-    args = self.model_args
-    inv_freq, attention_factor = rope_frequencies(config_of(self), _head_dim(args), args.rope_theta, args.max_seq_len)
-    return complex_cache(inv_freq, attention_factor, args.max_seq_len)
-
-
-class Llama3Adapter:
-    name = "llama3"
-
-    def model_class(self) -> type[nn.Module]:
-        from torchtitan.models.llama3.model.model import Transformer
-
-        return Transformer
-
-    def head_dim(self, model_args) -> int:
-        return _head_dim(model_args)
-
-    def convert(self, model: nn.Module, config: RopeScaling) -> str:
-        args = model.model_args
-        config.check_head_dim(_head_dim(args))
-        install(model, config, "_precompute_freqs_cis", _precompute_freqs_cis, buffer="freqs_cis")
-        with torch.device("meta"):
-            _, attention_factor = rope_frequencies(config, _head_dim(args), args.rope_theta, args.max_seq_len)
-        return (
-            f"head_dim={_head_dim(args)} theta={config.effective_theta(args.rope_theta)} "
-            f"seq_len={args.max_seq_len} attention_factor={attention_factor:.6g} (in the complex cache)"
-        )
-
-
-ADAPTER = Llama3Adapter()
+ADAPTER = MethodAdapter(
+    name="llama3",
+    model_class="torchtitan.models.llama3.model.model:Transformer",
+    method="_precompute_freqs_cis",
+    buffer="freqs_cis",
+    head_dim=lambda args: args.dim // args.n_heads,
+    cache_fn=complex_cache,
+    factor_site="in the complex cache",
+)

@@ -16,6 +16,7 @@ from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.converter import check_job, RopeScalingConverter
 from titan_rope_ext.models import adapter_for
 from titan_rope_ext.models.llama3 import ADAPTER
+from tests.unit.models import helpers
 from tests.unit.test_scaling import SECTIONS
 
 STOCK_LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -30,18 +31,8 @@ def debug_args(seq_len=256, **overrides):
     return args
 
 
-def build(cfg: RopeScaling | None, device="cpu", seq_len=256, seed=0, **overrides):
-    """Like torchtitan's Trainer: build on `device`, convert, then (for meta) to_empty + init_weights."""
-    with torch.device(device):
-        model = Transformer(debug_args(seq_len, **overrides))
-    if cfg is not None:
-        ADAPTER.convert(model, cfg)
-    if device == "meta":
-        model.to_empty(device="cpu")
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        model.init_weights(buffer_device=None)
-    return model
+def build(cfg: RopeScaling | None, device="cpu", seq_len=256):
+    return helpers.build(Transformer, debug_args(seq_len), ADAPTER, cfg, device)
 
 
 def test_stock_equivalent_llama3_is_bitwise_stock():
@@ -62,13 +53,7 @@ def test_default_is_bitwise_stock_without_scaling():
 @pytest.mark.parametrize("rope_type", sorted(SECTIONS))
 def test_meta_convert_init_weights_equals_eager(rope_type):
     cfg = RopeScaling(rope_type=rope_type, **SECTIONS[rope_type])
-    with torch.device("meta"):
-        meta_model = Transformer(debug_args())
-    ADAPTER.convert(meta_model, cfg)
-    assert meta_model.freqs_cis.is_meta  # the converter allocated nothing real
-    meta_model.to_empty(device="cpu")
-    with torch.no_grad():
-        meta_model.init_weights(buffer_device=None)
+    meta_model = build(cfg, device="meta")
     eager = build(cfg)
     assert meta_model.freqs_cis.dtype == torch.complex64 and meta_model.freqs_cis.shape == (256, 8)
     assert torch.equal(meta_model.freqs_cis, eager.freqs_cis)
@@ -114,19 +99,14 @@ def test_deepcopy_and_dynamic_subclasses_keep_the_scaled_cache():
 
 
 def _reference_attention(attn, x, inv_freq, attention_factor):
-    """fp32 attention with RoPE written out on adjacent pairs, the factor on cos and sin (transformers' rule)."""
+    """float64 attention with RoPE written out on adjacent pairs, the factor on cos and sin (transformers' rule)."""
     bs, seq, _ = x.shape
     q = attn.wq(x).view(bs, seq, -1, attn.head_dim)
     k = attn.wk(x).view(bs, seq, -1, attn.head_dim)
     v = attn.wv(x).view(bs, seq, -1, attn.head_dim)
-    angle = torch.arange(seq, dtype=torch.float64)[:, None] * inv_freq.double()[None, :]
-    cos = (torch.cos(angle) * attention_factor)[None, :, None, :]
-    sin = (torch.sin(angle) * attention_factor)[None, :, None, :]
 
     def rotate(t):
-        t = t.double()
-        even, odd = t[..., 0::2], t[..., 1::2]
-        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+        return helpers.rotate_pairs_reference(t, inv_freq, attention_factor, "pairs")
 
     q, k, v = rotate(q).transpose(1, 2), rotate(k).transpose(1, 2), v.double().transpose(1, 2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
@@ -172,9 +152,9 @@ def test_check_job_and_converter():
         model = Transformer(debug_args())
     converter.convert(model)
     assert model.freqs_cis.is_meta and type(model).__name__ == "RopeScaledTransformer"
-    # qwen3 is a torchtitan model this version of the extension does not convert yet
-    job.model.name = "qwen3"
-    with pytest.raises(ValueError, match=r"model.name = 'qwen3' .*supported models: llama3"):
+    # deepseek_v3 is a torchtitan model this version of the extension does not convert yet
+    job.model.name, job.model.flavor = "deepseek_v3", "debugmodel"
+    with pytest.raises(ValueError, match=r"model.name = 'deepseek_v3' .*supported models: llama3, qwen3"):
         check_job(job)
     with pytest.raises(ValueError, match="no \\[rope_scaling\\] section"):
         check_job(SimpleNamespace(model=job.model))
