@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 
+from titan_rope_ext.hf import load_config_json, rope_keys_from_hf
 from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
 
-# keys every rope type accepts in addition to its own
-_COMMON_KEYS = frozenset({"rope_type", "theta"})
+# keys that are not arguments of the rope function
+_NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets"})
 # transformers' spellings that mean one of our keys
 _HF_ALIASES = {"type": "rope_type", "rope_theta": "theta"}
 
@@ -33,9 +35,10 @@ class RopeScaling:
     does not use is an error, not ignored.
     """
 
-    rope_type: RopeType = "default"
+    rope_type: RopeType | None = None
     """Scaling method: default (plain RoPE), linear (position interpolation), ntk (static
-    NTK-aware base change), dynamic (dynamic NTK), yarn, llama3 (Llama 3.1) or longrope."""
+    NTK-aware base change), dynamic (dynamic NTK), yarn, llama3 (Llama 3.1) or longrope.
+    Unset: the config.json's type when hf_config / from_hf_assets is given, else default."""
 
     factor: float | None = None
     """Context extension ratio (new length / trained length), >= 1. Required by linear, ntk,
@@ -77,7 +80,28 @@ class RopeScaling:
     long_factor: list[float] | None = None
     """longrope: per-band rescale (head_dim // 2 entries) for runs past the original length."""
 
+    hf_config: str | None = None
+    """Path to a Hugging Face config.json: its rope settings are read as transformers reads
+    them (rope_parameters / rope_scaling, rope_theta, lengths); keys set here override it."""
+
+    from_hf_assets: bool = False
+    """Read ``<model.hf_assets_path>/config.json`` like hf_config (resolved when the job is checked)."""
+
     def __post_init__(self) -> None:
+        if self.hf_config is not None and self.from_hf_assets:
+            raise ValueError(
+                f"rope_scaling.hf_config = {self.hf_config!r} and rope_scaling.from_hf_assets = true "
+                "both name a config.json; set one"
+            )
+        self.hf_overrides: list[str] = []
+        """Keys set here that differ from the config.json (reported by the converter)."""
+        if self.hf_config is not None:
+            self._merge_hf(load_config_json(self.hf_config), self.hf_config)
+        if self.rope_type is None and not self.from_hf_assets:
+            self.rope_type = "default"
+        if self.rope_type is None:  # waits for model.hf_assets_path; check what is set already
+            self._check_values()
+            return
         if self.rope_type not in ROPE_FUNCTIONS:
             raise ValueError(
                 f"rope_scaling.rope_type must be one of {sorted(ROPE_FUNCTIONS)}, got {self.rope_type!r}"
@@ -96,6 +120,31 @@ class RopeScaling:
                 f"rope_scaling.{missing[0]} is required for rope_type {self.rope_type!r}, got None"
             )
         self._check_values()
+
+    def _merge_hf(self, hf: dict[str, Any], source: str) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in rope_keys_from_hf(hf, source).items():
+            if key not in names:
+                raise ValueError(f"{source}: rope key {key!r} (value {value!r}) is not supported; "
+                                 f"known keys: {sorted(names - {'hf_config', 'from_hf_assets'})}")
+            mine = getattr(self, key)
+            if mine is None:
+                setattr(self, key, value)
+            elif mine != value:
+                if key == "rope_type":
+                    raise ValueError(
+                        f"rope_scaling.rope_type = {mine!r} contradicts {source}, which gives {value!r}; "
+                        "remove one")
+                self.hf_overrides.append(f"{key}={mine!r} overrides {value!r}")
+
+    def resolve_hf_assets(self, hf_assets_path: str | None) -> "RopeScaling":
+        """This section with ``from_hf_assets`` turned into ``hf_config = <hf_assets_path>/config.json``."""
+        if not self.from_hf_assets:
+            return self
+        if not hf_assets_path:
+            raise ValueError("rope_scaling.from_hf_assets = true needs model.hf_assets_path, got None")
+        return dataclasses.replace(self, hf_config=os.path.join(hf_assets_path, "config.json"),
+                                   from_hf_assets=False)
 
     def _check_values(self) -> None:
         def fail(key: str, rule: str) -> None:
@@ -141,7 +190,8 @@ class RopeScaling:
             for v in values:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                     fail(key, "a list of positive finite numbers")
-        if self.rope_type == "longrope" and len(self.short_factor) != len(self.long_factor):
+        if (self.rope_type == "longrope" and self.short_factor is not None and self.long_factor is not None
+                and len(self.short_factor) != len(self.long_factor)):
             raise ValueError(
                 f"rope_scaling.long_factor must have as many entries as short_factor "
                 f"({len(self.short_factor)}), got {len(self.long_factor)}"
@@ -152,7 +202,7 @@ class RopeScaling:
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in _COMMON_KEYS and (include_unset or getattr(self, f.name) is not None)
+            if f.name not in _NON_METHOD_KEYS and (include_unset or getattr(self, f.name) is not None)
         }
 
     def check_head_dim(self, head_dim: int) -> None:
@@ -198,6 +248,8 @@ class RopeScaling:
     def describe(self) -> str:
         """``rope_type=yarn factor=4.0 ...``: the set keys, for logs and errors."""
         parts = [f"rope_type={self.rope_type}"]
+        if self.hf_config is not None:
+            parts.append(f"hf_config={self.hf_config}")
         if self.theta is not None:
             parts.append(f"theta={self.theta}")
         parts += [f"{k}={v}" for k, v in self.method_kwargs().items()]
@@ -221,6 +273,8 @@ def rope_frequencies(
     ``inv_freq`` is float32 of shape ``(head_dim // 2,)`` on ``device`` (default: the ambient
     device, so ``with torch.device("meta")`` allocates nothing); ``attention_factor`` is a float.
     """
+    if config.rope_type is None:
+        raise ValueError("rope_scaling.from_hf_assets is not resolved yet: call config.resolve_hf_assets(path)")
     config.check_head_dim(head_dim)
     fn = ROPE_FUNCTIONS[config.rope_type]
     return fn(head_dim, config.effective_theta(theta), seq_len, device, **config.method_kwargs())

@@ -32,6 +32,7 @@ def check_job(job_config) -> tuple[Adapter, RopeScaling]:
             f"model.converters lists {NAME!r} but the job config has no [{NAME}] section; "
             f'set [job] custom_config_module = "titan_rope_ext.job_config"'
         )
+    config = config.resolve_hf_assets(job_config.model.hf_assets_path)
     spec = get_train_spec(job_config.model.name)
     adapter = adapter_for(spec.model_cls, job_config.model.name)
     model_args = spec.model_args.get(job_config.model.flavor)
@@ -53,6 +54,9 @@ class RopeScalingConverter:
     def convert(self, model: nn.Module) -> None:
         summary = self.adapter.convert(model, self.config)
         logger.info(f"{NAME}: {self.adapter.name} {self.config.describe()}; {summary}")
+        if self.config.hf_overrides:
+            logger.info(f"{NAME}: keys set in [{NAME}] override {self.config.hf_config}: "
+                        + ", ".join(self.config.hf_overrides))
 
     def post_optimizer_hook(self, model: nn.Module | list[nn.Module]) -> None:
         return None

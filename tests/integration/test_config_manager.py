@@ -1,5 +1,7 @@
 """torchtitan's own ConfigManager parses our section; the launcher refuses bad jobs before launching."""
 
+import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -8,6 +10,7 @@ import pytest
 from torchtitan.config import ConfigManager
 
 from titan_rope_ext import RopeScaling, ROPE_TYPES
+from titan_rope_ext.converter import check_job
 from titan_rope_ext.launch.check import ConfigError, preflight
 from tests.integration.conftest import CONFIGS, config, REPO, titan_rope
 
@@ -25,6 +28,56 @@ def test_shipped_tomls_parse_and_pass_the_launcher_check(path):
     assert job.model.converters == ["rope_scaling"]
     assert job.model.name == path.stem.split("_")[0]
     assert job.rope_scaling.rope_type == path.stem.rsplit("_", 1)[1]
+
+
+RECIPES = [p for p in SHIPPED if "_debug_" not in p.stem]
+
+
+def test_recipes_are_shipped():
+    assert {p.stem for p in RECIPES} >= {"llama3_8b_64k_yarn", "llama3_8b_64k_llama3", "qwen3_0.6b_128k_yarn"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipes_build_and_convert_the_real_flavor_on_meta(path):
+    import copy
+
+    import torch
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    from titan_rope_ext import rope_frequencies
+    from titan_rope_ext.converter import RopeScalingConverter
+
+    job = preflight(["--job.config_file", str(path)])
+    spec = get_train_spec(job.model.name)
+    args = copy.deepcopy(spec.model_args[job.model.flavor])
+    args.update_from_config(job)
+    with torch.device("meta"):
+        model = spec.model_cls(args)
+    converter = RopeScalingConverter(job, parallel_dims=None)
+    converter.convert(model)
+    cache = getattr(model, converter.adapter.buffer)
+    head_dim = converter.adapter.head_dim(args)
+    assert cache.is_meta and cache.shape[0] == job.training.seq_len
+    _, attention_factor = rope_frequencies(job.rope_scaling, head_dim, args.rope_theta, job.training.seq_len)
+    expected = {"yarn": 1 + 0.1 * math.log(job.rope_scaling.factor or 1.0), "llama3": 1.0}[job.rope_scaling.rope_type]
+    assert attention_factor == pytest.approx(expected)
+
+
+def test_from_hf_assets_reads_the_model_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "rope_theta": 1000000, "max_position_embeddings": 40960,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}))
+    toml = tmp_path / "job.toml"
+    text = (CONFIGS / "qwen3_0.6b_128k_yarn.toml").read_text()
+    head, _, tail = text.partition("[rope_scaling]")
+    toml.write_text(head + "[rope_scaling]\nfrom_hf_assets = true\n" + tail[tail.index("[optimizer]"):])
+    job = preflight(["--job.config_file", str(toml), "--model.hf_assets_path", str(tmp_path)])
+    adapter, resolved = check_job(job)
+    assert adapter.name == "qwen3" and resolved.hf_config == str(tmp_path / "config.json")
+    assert (resolved.rope_type, resolved.factor, resolved.original_max_position_embeddings, resolved.theta) == (
+        "yarn", 4.0, 32768, 1000000)
+    with pytest.raises(ConfigError, match="rope_scaling.hf_config: no such file"):
+        preflight(["--job.config_file", str(toml), "--model.hf_assets_path", str(tmp_path / "missing")])
 
 
 def test_cli_overrides_the_toml():

@@ -1,0 +1,80 @@
+"""Reading a Hugging Face ``config.json`` the way transformers (5.x) reads its RoPE settings.
+
+Pure Python; returns ``[rope_scaling]`` keys. The rules, from transformers'
+``standardize_rope_params`` and ``_compute_*_parameters``:
+
+* the rope dict is ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4.x); absent or null
+  means plain RoPE; its type is ``rope_type``, or the legacy ``type``;
+* ``rope_theta`` sits in that dict (5.x) or at the top level (4.x);
+* llama3, yarn and longrope take ``original_max_position_embeddings`` from the top level first
+  (Phi-3 keeps it there), else from the dict, else ``max_position_embeddings``;
+* longrope without ``factor`` uses ``max_position_embeddings / original_max_position_embeddings``
+  (yarn without ``factor`` is refused, as transformers' validation refuses it);
+* dynamic NTK's trained length is ``max_position_embeddings``.
+
+What transformers would read differently in two places (two rope dicts, two thetas, two types)
+is an error, as is what this package cannot honour (``partial_rotary_factor`` other than 1,
+per-layer-type rope dicts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+_LENGTH_FROM_CONFIG = ("llama3", "yarn", "longrope")
+
+
+def load_config_json(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ValueError naming the path when it is missing or not a JSON object."""
+    if not os.path.isfile(path):
+        raise ValueError(f"rope_scaling.hf_config: no such file {path!r}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"rope_scaling.hf_config: {path!r} is not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"rope_scaling.hf_config: {path!r} holds a {type(data).__name__}, not a config object")
+    return data
+
+
+def _one_of(source: str, what: str, a: Any, b: Any) -> Any:
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"{source}: {what} is given twice with different values: {a!r} and {b!r}")
+    return a if a is not None else b
+
+
+def rope_keys_from_hf(hf: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """``[rope_scaling]`` keys (rope_type, theta, method keys) that ``hf`` means to transformers."""
+    scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+    if scaling and params and scaling != params:
+        raise ValueError(f"{source}: rope_scaling {scaling!r} and rope_parameters {params!r} disagree")
+    rope = dict(params or scaling or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        raise ValueError(f"{source}: per-layer-type rope parameters ({sorted(rope)}) are not supported")
+
+    rope_type = _one_of(source, "the rope type", rope.pop("rope_type", None), rope.pop("type", None)) or "default"
+    theta = _one_of(source, "rope_theta", rope.pop("rope_theta", None), hf.get("rope_theta"))
+    partial = _one_of(source, "partial_rotary_factor", rope.pop("partial_rotary_factor", None),
+                      hf.get("partial_rotary_factor"))
+    if partial is not None and partial != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor = {partial!r} is not supported (only 1.0)")
+
+    max_pos = hf.get("max_position_embeddings")
+    if rope_type in _LENGTH_FROM_CONFIG:
+        if hf.get("original_max_position_embeddings") is not None:
+            rope["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+        elif rope.get("original_max_position_embeddings") is None and max_pos is not None:
+            rope["original_max_position_embeddings"] = max_pos
+        original = rope.get("original_max_position_embeddings")
+        if rope_type == "longrope" and rope.get("factor") is None and max_pos is not None and original:
+            rope["factor"] = max_pos / original
+    elif rope_type == "dynamic":
+        rope["original_max_position_embeddings"] = _one_of(
+            source, "dynamic's trained length (max_position_embeddings vs rope original_max_position_embeddings)",
+            max_pos, rope.get("original_max_position_embeddings"))
+
+    keys = {"rope_type": rope_type, "theta": theta, **rope}
+    return {k: v for k, v in keys.items() if v is not None}
