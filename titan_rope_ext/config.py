@@ -54,7 +54,8 @@ class RopeScaling:
     """llama3: bands with wavelength > original / low_freq_factor are fully scaled."""
 
     high_freq_factor: float | None = None
-    """llama3: bands with wavelength < original / high_freq_factor are kept; must exceed low_freq_factor."""
+    """llama3: bands with wavelength < original / high_freq_factor are kept; >= low_freq_factor
+    (equal, as in Llama 4, makes a hard cutoff with no blended band)."""
 
     beta_fast: float | None = None
     """yarn: bands turning more than beta_fast times over the original length are kept (default 32)."""
@@ -170,8 +171,8 @@ class RopeScaling:
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 fail(key, "> 0")
         if self.low_freq_factor is not None and self.high_freq_factor is not None:
-            if self.low_freq_factor >= self.high_freq_factor:
-                fail("high_freq_factor", f"> low_freq_factor ({self.low_freq_factor!r})")
+            if self.low_freq_factor > self.high_freq_factor:  # equal is Llama 4's hard cutoff
+                fail("high_freq_factor", f">= low_freq_factor ({self.low_freq_factor!r})")
         if self.rope_type == "yarn":
             beta_fast = 32.0 if self.beta_fast is None else self.beta_fast
             beta_slow = 1.0 if self.beta_slow is None else self.beta_slow

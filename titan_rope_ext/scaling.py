@@ -178,7 +178,9 @@ def llama3_rope(
     bands with ``wavelen < L / high_freq_factor`` are kept, bands with
     ``wavelen > L / low_freq_factor`` are divided by ``factor``, and bands in between mix
     the two with ``smooth_factor = (L / wavelen - low_freq_factor) / (high_freq_factor -
-    low_freq_factor)``. torchtitan's built-in llama3 values are (8, 1, 4, 8192).
+    low_freq_factor)``. torchtitan's built-in llama3 values are (8, 1, 4, 8192). Llama 4 uses
+    ``low_freq_factor == high_freq_factor`` (16, 1, 1, 8192): an empty middle band, i.e. a hard
+    cutoff at ``wavelen = L / low_freq_factor``, computed here without the 0/0 blend.
     """
     inv_freq, _ = default_rope(head_dim, theta, seq_len, device)
     wavelen = 2 * math.pi / inv_freq
@@ -186,6 +188,8 @@ def llama3_rope(
     high_freq_wavelen = original_max_position_embeddings / high_freq_factor
 
     scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    if high_freq_factor == low_freq_factor:
+        return scaled, 1.0
     smooth_factor = (original_max_position_embeddings / wavelen - low_freq_factor) / (
         high_freq_factor - low_freq_factor
     )

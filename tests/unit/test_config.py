@@ -26,7 +26,7 @@ LONGROPE = dict(rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] 
         (dict(YARN, beta_fast=0.5), ["rope_scaling.beta_fast", "0.5"]),
         (dict(YARN, attention_factor=-1.0), ["rope_scaling.attention_factor", "-1.0"]),
         (dict(YARN, mscale=0.0), ["rope_scaling.mscale", "0.0"]),
-        (dict(LLAMA3, low_freq_factor=4.0), ["rope_scaling.high_freq_factor", "4.0"]),
+        (dict(LLAMA3, low_freq_factor=4.5), ["rope_scaling.high_freq_factor", ">= low_freq_factor (4.5)", "4.0"]),
         (dict(LLAMA3, low_freq_factor=5.0), ["high_freq_factor", "low_freq_factor (5.0)", "4.0"]),
         (dict(LLAMA3, high_freq_factor=None), ["rope_scaling.high_freq_factor", "required"]),
         (dict(LONGROPE, long_factor=[2.0] * 7), ["rope_scaling.long_factor", "8", "7"]),

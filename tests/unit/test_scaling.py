@@ -82,6 +82,14 @@ def test_llama3():
     assert af == 1.0
 
 
+def test_llama3_equal_freq_factors_is_a_hard_cutoff():
+    # Llama 4: low = high = 1, L = 1000: wavelens 6.28, 62.8, 628 < 1000 kept; 6283 > 1000 divided by 16
+    inv, af = freqs(rope_type="llama3", factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
+                    original_max_position_embeddings=1000)
+    close(inv, [1.0, 0.1, 0.01, 0.001 / 16])
+    assert af == 1.0
+
+
 def test_yarn_truncated_ramp():
     # correction dim for r rotations: d * ln(L / (2 pi r)) / (2 ln theta), L = 64:
     # r = 32 -> -0.497 -> floor -1 -> clamp 0; r = 1 -> 1.008 -> ceil 2.

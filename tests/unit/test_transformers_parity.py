@@ -33,6 +33,8 @@ CASES = [
      131072),
     ("llama3", dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
      131072),
+    ("llama3", dict(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0, original_max_position_embeddings=8192),
+     262144),  # Llama 4's values: equal factors
     ("longrope", dict(short_factor=SHORT, long_factor=LONG, original_max_position_embeddings=4096), 131072),
     ("longrope", dict(short_factor=SHORT, long_factor=LONG, original_max_position_embeddings=4096), 4096),
     ("longrope", dict(short_factor=SHORT, long_factor=LONG, original_max_position_embeddings=4096, factor=32.0),

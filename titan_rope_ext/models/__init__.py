@@ -17,6 +17,7 @@ from titan_rope_ext.config import RopeScaling
 # torchtitan model name -> adapter module (imported lazily: it imports torchtitan's model)
 _ADAPTER_MODULES = {
     "llama3": "titan_rope_ext.models.llama3",
+    "llama4": "titan_rope_ext.models.llama4",
     "qwen3": "titan_rope_ext.models.qwen3",
 }
 

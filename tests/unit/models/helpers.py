@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from titan_rope_ext import RopeScaling
 
@@ -39,3 +42,17 @@ def rotate_pairs_reference(x: torch.Tensor, inv_freq: torch.Tensor, attention_fa
     half = x.shape[-1] // 2
     a, b = x[..., :half], x[..., half:]
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+
+def reference_attention(attn, x: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float) -> torch.Tensor:
+    """float64 causal attention of a llama-style ``attn`` (wq/wk/wv/wo, adjacent-pair RoPE), as transformers
+    would compute it: the factor on cos and sin, softmax scale 1/sqrt(head_dim)."""
+    bs, seq, _ = x.shape
+    q, k, v = (w(x).view(bs, seq, -1, attn.head_dim) for w in (attn.wq, attn.wk, attn.wv))
+    q = rotate_pairs_reference(q, inv_freq, attention_factor, "pairs").transpose(1, 2)
+    k = rotate_pairs_reference(k, inv_freq, attention_factor, "pairs").transpose(1, 2)
+    v = v.double().transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
+    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    out = (F.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(bs, seq, -1)
+    return attn.wo(out.float())

@@ -1,12 +1,10 @@
 """llama3 adapter: stock parity, the trainer's meta -> init_weights phases, attention factor placement."""
 
 import copy
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torchtitan.models.llama3 import llama3_args, Transformer
 from torchtitan.models.llama3.model.args import RoPEScalingArgs
 from torchtitan.models.llama3.model.model import precompute_freqs_cis
@@ -14,7 +12,7 @@ from torchtitan.models.llama3.model.model import precompute_freqs_cis
 from titan_rope_ext import RopeScaling, rope_frequencies
 from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.converter import check_job, RopeScalingConverter
-from titan_rope_ext.models import adapter_for
+from titan_rope_ext.models import adapter_for, supported_models
 from titan_rope_ext.models.llama3 import ADAPTER
 from tests.unit.models import helpers
 from tests.unit.test_scaling import SECTIONS
@@ -98,23 +96,6 @@ def test_deepcopy_and_dynamic_subclasses_keep_the_scaled_cache():
     assert isinstance(model, Transformer)
 
 
-def _reference_attention(attn, x, inv_freq, attention_factor):
-    """float64 attention with RoPE written out on adjacent pairs, the factor on cos and sin (transformers' rule)."""
-    bs, seq, _ = x.shape
-    q = attn.wq(x).view(bs, seq, -1, attn.head_dim)
-    k = attn.wk(x).view(bs, seq, -1, attn.head_dim)
-    v = attn.wv(x).view(bs, seq, -1, attn.head_dim)
-
-    def rotate(t):
-        return helpers.rotate_pairs_reference(t, inv_freq, attention_factor, "pairs")
-
-    q, k, v = rotate(q).transpose(1, 2), rotate(k).transpose(1, 2), v.double().transpose(1, 2)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)
-    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
-    out = (F.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(bs, seq, -1)
-    return attn.wo(out.float())
-
-
 FACTOR_SECTIONS = {
     "yarn": dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16),
     "longrope": dict(rope_type="longrope", **dict(SECTIONS["longrope"], original_max_position_embeddings=16)),
@@ -133,11 +114,11 @@ def test_attention_factor_reaches_the_scores_once(rope_type):
     x = torch.randn(2, 64, 256, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = attn(x, model.freqs_cis, attention_masks=None)
-        expected = _reference_attention(attn, x, inv_freq, af)
+        expected = helpers.reference_attention(attn, x, inv_freq, af)
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
         if rope_type != "default":  # the check can fail: factor dropped or squared are both different
             for wrong in (1.0, af * af):
-                assert not torch.allclose(out, _reference_attention(attn, x, inv_freq, wrong), rtol=1e-4, atol=1e-5)
+                assert not torch.allclose(out, helpers.reference_attention(attn, x, inv_freq, wrong), rtol=1e-4, atol=1e-5)
 
 
 def test_check_job_and_converter():
@@ -154,7 +135,7 @@ def test_check_job_and_converter():
     assert model.freqs_cis.is_meta and type(model).__name__ == "RopeScaledTransformer"
     # deepseek_v3 is a torchtitan model this version of the extension does not convert yet
     job.model.name, job.model.flavor = "deepseek_v3", "debugmodel"
-    with pytest.raises(ValueError, match=r"model.name = 'deepseek_v3' .*supported models: llama3, qwen3"):
+    with pytest.raises(ValueError, match=rf"model.name = 'deepseek_v3' .*supported models: {', '.join(supported_models())}$"):
         check_job(job)
     with pytest.raises(ValueError, match="no \\[rope_scaling\\] section"):
         check_job(SimpleNamespace(model=job.model))
