@@ -109,7 +109,7 @@ def test_bad_toml_value_is_refused_by_the_config_manager(tmp_path):
     [
         (["--rope_scaling.rope_type", "linear"], "rope_scaling.beta_fast = 32.0 does not apply to rope_type 'linear'"),
         (["--model.converters", "float8"], "does not list 'rope_scaling'"),
-        (["--model.name", "deepseek_v3", "--model.flavor", "debugmodel"], "supported models: llama3,"),
+        (["--model.name", "flux", "--model.flavor", "flux-debug"], "model.name = 'flux' has no rotary cache"),
         (["--rope_scaling.rope_type", "longrope", "--rope_scaling.short_factor", "1", "1",
           "--rope_scaling.long_factor", "2", "2", "--rope_scaling.beta_fast", "32", "--rope_scaling.beta_slow", "1"],
          "rope_scaling.beta_fast = 32.0 does not apply to rope_type 'longrope'"),

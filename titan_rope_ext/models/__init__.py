@@ -16,6 +16,7 @@ from titan_rope_ext.config import RopeScaling
 
 # torchtitan model name -> adapter module (imported lazily: it imports torchtitan's model)
 _ADAPTER_MODULES = {
+    "deepseek_v3": "titan_rope_ext.models.deepseek_v3",
     "llama3": "titan_rope_ext.models.llama3",
     "llama4": "titan_rope_ext.models.llama4",
     "qwen3": "titan_rope_ext.models.qwen3",

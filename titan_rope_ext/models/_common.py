@@ -22,13 +22,14 @@ def _subclass(base: type, method: str, build: Callable[[nn.Module], torch.Tensor
     return type(f"RopeScaled{base.__name__}", (base,), {method: build, "__module__": base.__module__})
 
 
-def install(model: nn.Module, config: RopeScaling, method: str, build: Callable[[nn.Module], torch.Tensor],
-            buffer: str) -> None:
-    """Gives ``model`` (this instance only) a scaled ``method`` and rebuilds ``buffer`` with it.
+def install(model: nn.Module, config: RopeScaling, make_subclass: Callable[[type], type], buffer: str,
+            build: Callable[[nn.Module], torch.Tensor]) -> None:
+    """Gives ``model`` (this instance only) the class ``make_subclass(type(model))`` and rebuilds ``buffer``
+    with ``build(model)``.
 
     The buffer is rebuilt on the device it lives on now: on the meta model of torchtitan's
-    Trainer that allocates nothing, and ``init_weights(buffer_device)`` later calls the same
-    method on the real device. Refuses a model that was already converted.
+    Trainer that allocates nothing, and the subclass makes ``init_weights(buffer_device)`` later
+    build the same cache on the real device. Refuses a model that was already converted.
     """
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise RuntimeError(
@@ -36,10 +37,9 @@ def install(model: nn.Module, config: RopeScaling, method: str, build: Callable[
             f"({getattr(model, CONFIG_ATTR).describe()}); list the converter once in model.converters"
         )
     setattr(model, CONFIG_ATTR, config)
-    model.__class__ = _subclass(type(model), method, build)
-    current = getattr(model, buffer)
-    with torch.device(current.device):
-        setattr(model, buffer, getattr(model, method)())
+    model.__class__ = make_subclass(type(model))
+    with torch.device(getattr(model, buffer).device):
+        setattr(model, buffer, build(model))
 
 
 def config_of(model: nn.Module) -> RopeScaling:
@@ -77,7 +77,8 @@ class MethodAdapter:
         args = model.model_args
         head_dim = self.head_dim(args)
         config.check_head_dim(head_dim)
-        install(model, config, self.method, self._precompute, self.buffer)
+        install(model, config, lambda base: _subclass(base, self.method, self._precompute), self.buffer,
+                self._precompute)
         with torch.device("meta"):
             _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
         return (
