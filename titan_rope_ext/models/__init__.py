@@ -17,6 +17,7 @@ from titan_rope_ext.config import RopeScaling
 # torchtitan model name -> adapter module (imported lazily: it imports torchtitan's model)
 _ADAPTER_MODULES = {
     "deepseek_v3": "titan_rope_ext.models.deepseek_v3",
+    "gpt_oss": "titan_rope_ext.models.gpt_oss",
     "llama3": "titan_rope_ext.models.llama3",
     "llama4": "titan_rope_ext.models.llama4",
     "qwen3": "titan_rope_ext.models.qwen3",
@@ -52,7 +53,11 @@ def adapter_for(model_cls: type, model_name: str = "") -> Adapter:
     """
     for module in _ADAPTER_MODULES.values():
         adapter = importlib.import_module(module).ADAPTER
-        if issubclass(model_cls, adapter.model_class()):
+        try:
+            known = adapter.model_class()
+        except ModuleNotFoundError:  # a model this torchtitan version does not have
+            continue
+        if issubclass(model_cls, known):
             return adapter
     shown = model_name or f"{model_cls.__module__}.{model_cls.__qualname__}"
     raise ValueError(

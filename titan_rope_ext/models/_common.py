@@ -70,8 +70,18 @@ class MethodAdapter:
         self._precompute = precompute
 
     def model_class(self) -> type[nn.Module]:
-        module, _, cls = self._model_class.partition(":")
-        return getattr(importlib.import_module(module), cls)
+        """The first of ``model_class``'s ``|``-separated ``module:Class`` paths that this torchtitan
+        has (models move between ``torchtitan.models`` and ``torchtitan.experiments`` across 0.2.x).
+
+        Raises ModuleNotFoundError when the installed torchtitan has none of them.
+        """
+        for path in self._model_class.split("|"):
+            module, _, cls = path.partition(":")
+            try:
+                return getattr(importlib.import_module(module), cls)
+            except ModuleNotFoundError:
+                continue
+        raise ModuleNotFoundError(f"this torchtitan has no {self.name} model ({self._model_class})")
 
     def convert(self, model: nn.Module, config: RopeScaling) -> str:
         args = model.model_args

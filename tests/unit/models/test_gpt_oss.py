@@ -1,0 +1,75 @@
+"""gpt_oss adapter: its built-in YaRN cache reproduced, the factor applied once, meta phases."""
+
+import copy
+import math
+
+import pytest
+import torch
+from torchtitan.models.gpt_oss import gptoss_configs
+from torchtitan.models.gpt_oss.model.model import apply_rotary_emb, GptOssModel
+
+from titan_rope_ext import RopeScaling, rope_frequencies
+from titan_rope_ext.cache import cos_sin_cache
+from titan_rope_ext.models.gpt_oss import ADAPTER
+from tests.unit.models import helpers
+from tests.unit.models.test_deepseek_v3 import SECTIONS  # head_dim 64 as well
+
+HEAD_DIM = 64
+
+
+def args_of(seq_len=256):
+    args = copy.deepcopy(gptoss_configs["debugmodel"])
+    args.max_seq_len = seq_len
+    args.moe_args.use_grouped_mm = False  # no grouped GEMMs on CPU
+    # the rope cache depends on head_dim and the rope fields only: a smaller body keeps the test fast
+    args.vocab_size, args.n_layers, args.moe_inter_dim = 2048, 2, 256
+    return args
+
+
+def stock_equivalent(args) -> RopeScaling:
+    return RopeScaling(rope_type="yarn", factor=float(args.rope_factor), beta_fast=args.ntk_beta,
+                       beta_slow=args.ntk_alpha, original_max_position_embeddings=args.original_seq_len,
+                       truncate=False)
+
+
+def test_stock_equivalent_reproduces_the_built_in_yarn_cache():
+    args = args_of()
+    stock = helpers.build(GptOssModel, args, ADAPTER, None)
+    ours = helpers.build(GptOssModel, args_of(), ADAPTER, stock_equivalent(args))
+    assert ours.rope_cache.dtype == torch.float32 and ours.rope_cache.shape == (256, 2 * HEAD_DIM)
+    torch.testing.assert_close(ours.rope_cache, stock.rope_cache, rtol=2e-7, atol=2e-7)
+    # the stock cache already carries 0.1 ln 32 + 1 on cos and sin; ours carries it once, not squared
+    mscale = 0.1 * math.log(32) + 1
+    cos_sin_norm = (ours.rope_cache[:, :HEAD_DIM] ** 2 + ours.rope_cache[:, HEAD_DIM:] ** 2).sqrt()
+    torch.testing.assert_close(cos_sin_norm, torch.full_like(cos_sin_norm, mscale))
+
+
+@pytest.mark.parametrize("rope_type", sorted(SECTIONS))
+def test_meta_convert_init_weights_equals_eager(rope_type):
+    cfg = RopeScaling(rope_type=rope_type, **SECTIONS[rope_type])
+    meta = helpers.build(GptOssModel, args_of(), ADAPTER, cfg, device="meta")
+    eager = helpers.build(GptOssModel, args_of(), ADAPTER, cfg)
+    assert torch.equal(meta.rope_cache, eager.rope_cache)
+    inv_freq, af = rope_frequencies(cfg, HEAD_DIM, eager.model_args.rope_theta, 256)
+    assert torch.equal(eager.rope_cache, cos_sin_cache(inv_freq, af, 256))
+    assert "rope_cache" not in eager.state_dict()
+
+
+def test_default_removes_the_built_in_scaling():
+    model = helpers.build(GptOssModel, args_of(), ADAPTER, RopeScaling())
+    inv_freq, af = rope_frequencies(RopeScaling(), HEAD_DIM, 150000.0, 256)
+    assert af == 1.0 and torch.equal(model.rope_cache, cos_sin_cache(inv_freq, 1.0, 256))
+
+
+def test_attention_factor_reaches_q_and_k_once():
+    args = args_of(64)
+    cfg = stock_equivalent(args)
+    model = helpers.build(GptOssModel, args, ADAPTER, cfg)
+    inv_freq, af = rope_frequencies(cfg, HEAD_DIM, args.rope_theta, 64)
+    gen = torch.Generator().manual_seed(4)
+    xq, xk = torch.randn(2, 64, 4, HEAD_DIM, generator=gen), torch.randn(2, 64, 1, HEAD_DIM, generator=gen)
+    q, k = apply_rotary_emb(xq, xk, model.rope_cache)
+    for out, x in ((q, xq), (k, xk)):
+        torch.testing.assert_close(out.double(), helpers.rotate_pairs_reference(x, inv_freq, af, "half"),
+                                   rtol=1e-5, atol=1e-5)
+    assert {layer.attention.softmax_scale for layer in model.layers.values()} == {1.0 / math.sqrt(HEAD_DIM)}
