@@ -41,10 +41,18 @@ def config(name: str, model: str = "llama3") -> Path:
     return CONFIGS / f"{model}_debug_{name}.toml"
 
 
+def _seed_flag() -> str:
+    """torchtitan 0.2.1+ keeps the seed in [debug]; 0.2.0 in [training]."""
+    from torchtitan.config import JobConfig
+
+    return "--debug.seed" if hasattr(getattr(JobConfig(), "debug", None), "seed") else "--training.seed"
+
+
 def short_run_args(dump: Path, steps: int) -> list[str]:
     # decay_ratio 0: warmup then constant LR, so a 5-step run follows the first half of a 10-step one
     return ["--training.steps", str(steps), "--training.local_batch_size", "2", "--metrics.log_freq", "1",
-            "--lr_scheduler.warmup_steps", "2", "--lr_scheduler.decay_ratio", "0.0", "--debug.seed", "0", "--job.dump_folder", str(dump)]
+            "--lr_scheduler.warmup_steps", "2", "--lr_scheduler.decay_ratio", "0.0", _seed_flag(), "0",
+            "--job.dump_folder", str(dump)]
 
 
 def checkpoint_args(steps: int) -> list[str]:

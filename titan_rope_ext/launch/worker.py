@@ -3,11 +3,12 @@
 ``titan-rope train`` starts it with ``TITAN_ROPE_CPU_WORKER=1`` on hosts without an accelerator,
 so the package applies the CPU shims on import, before torchtitan's import-time device detection
 (see ``titan_rope_ext/launch/cpu.py``). With ``TITAN_ROPE_CHECK=1`` (a single rank) it first runs
-the launcher's config check. Then it hands over to torchtitan's own
-``torchtitan.train.main(Trainer)``, which parses the same arguments.
+the launcher's config check. Then it runs ``torchtitan.train`` as ``__main__``, as
+``torchrun -m torchtitan.train`` would, which parses the same arguments.
 """
 
 import os
+import runpy
 import sys
 
 from titan_rope_ext.launch.cpu import apply_cpu_shims
@@ -20,9 +21,8 @@ def main() -> None:
         from titan_rope_ext.launch.check import check_or_exit
 
         check_or_exit(sys.argv[1:])
-    from torchtitan.train import main as torchtitan_main, Trainer
-
-    torchtitan_main(Trainer)
+    # exactly what `torchrun -m torchtitan.train` runs (0.2.1+ call main(Trainer) there; 0.2.0 inlines it)
+    runpy.run_module("torchtitan.train", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
