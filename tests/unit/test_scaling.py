@@ -191,16 +191,22 @@ def test_longrope_unit_factors_are_default():
 
 # ---- meta, devices, compile ---------------------------------------------------------------------
 
-SECTIONS = {
-    "default": {},
-    "linear": dict(factor=4.0),
-    "ntk": dict(factor=4.0),
-    "dynamic": dict(factor=4.0, original_max_position_embeddings=64),
-    "yarn": dict(factor=4.0, original_max_position_embeddings=64, mscale=0.707, mscale_all_dim=0.707),
-    "llama3": dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
-    "longrope": dict(short_factor=[1.0] * 8, long_factor=[1.0 + i / 2 for i in range(8)],
-                     original_max_position_embeddings=64),
-}
+def sections_for(head_dim: int) -> dict[str, dict]:
+    """A valid [rope_scaling] section per rope type for a model with ``head_dim`` (longrope lists fit it)."""
+    bands = head_dim // 2
+    return {
+        "default": {},
+        "linear": dict(factor=4.0),
+        "ntk": dict(factor=4.0),
+        "dynamic": dict(factor=4.0, original_max_position_embeddings=64),
+        "yarn": dict(factor=4.0, original_max_position_embeddings=64, mscale=0.707, mscale_all_dim=0.707),
+        "llama3": dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
+        "longrope": dict(short_factor=[1.0] * bands, long_factor=[1.0 + i / bands * 4 for i in range(bands)],
+                         original_max_position_embeddings=64),
+    }
+
+
+SECTIONS = sections_for(16)
 
 
 def test_sections_cover_every_rope_type():

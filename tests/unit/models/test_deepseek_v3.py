@@ -13,18 +13,10 @@ from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.models.deepseek_v3 import ADAPTER
 from titan_rope_ext.scaling import yarn_mscale
 from tests.unit.models import helpers
+from tests.unit.test_scaling import sections_for
 
 ROPE_DIM = 64  # qk_rope_head_dim of the debug flavor
-SECTIONS = {
-    "default": {},
-    "linear": dict(factor=4.0),
-    "ntk": dict(factor=4.0),
-    "dynamic": dict(factor=4.0, original_max_position_embeddings=64),
-    "yarn": dict(factor=4.0, original_max_position_embeddings=64, mscale=1.0, mscale_all_dim=0.5),
-    "llama3": dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64),
-    "longrope": dict(short_factor=[1.0] * 32, long_factor=[1.0 + i / 8 for i in range(32)],
-                     original_max_position_embeddings=64),
-}
+SECTIONS = sections_for(ROPE_DIM)
 
 
 def args_of(seq_len):

@@ -18,9 +18,10 @@ from titan_rope_ext import RopeScaling, rope_frequencies
 from titan_rope_ext.cache import cos_sin_cache
 from titan_rope_ext.models.gpt_oss import ADAPTER
 from tests.unit.models import helpers
-from tests.unit.models.test_deepseek_v3 import SECTIONS  # head_dim 64 as well
+from tests.unit.test_scaling import sections_for
 
 HEAD_DIM = 64
+SECTIONS = sections_for(HEAD_DIM)
 
 
 def args_of(seq_len=256):

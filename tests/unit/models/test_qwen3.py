@@ -11,18 +11,10 @@ from titan_rope_ext import RopeScaling, rope_frequencies, ROPE_TYPES
 from titan_rope_ext.cache import cos_sin_cache
 from titan_rope_ext.models.qwen3 import ADAPTER
 from tests.unit.models.helpers import build, rotate_pairs_reference
+from tests.unit.test_scaling import sections_for
 
 HEAD_DIM = 128  # every qwen3 flavor
-SECTIONS = {
-    "default": {},
-    "linear": dict(factor=4.0),
-    "ntk": dict(factor=4.0),
-    "dynamic": dict(factor=4.0, original_max_position_embeddings=64),
-    "yarn": dict(factor=4.0, original_max_position_embeddings=64),
-    "llama3": dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64),
-    "longrope": dict(short_factor=[1.0] * 64, long_factor=[1.0 + i / 16 for i in range(64)],
-                     original_max_position_embeddings=64),
-}
+SECTIONS = sections_for(HEAD_DIM)
 
 
 def debug_args(seq_len=256):
@@ -58,7 +50,8 @@ def test_meta_convert_init_weights_equals_eager(rope_type):
 
 @pytest.mark.parametrize("rope_type", ["yarn", "default"])
 def test_attention_factor_reaches_q_and_k_once(rope_type):
-    cfg = RopeScaling(rope_type=rope_type, **SECTIONS[rope_type])
+    section = dict(factor=4.0, original_max_position_embeddings=64) if rope_type == "yarn" else {}
+    cfg = RopeScaling(rope_type=rope_type, **section)
     model = build(Qwen3Model, debug_args(64), ADAPTER, cfg)
     inv_freq, af = rope_frequencies(cfg, HEAD_DIM, 1e6, 64)
     gen = torch.Generator().manual_seed(0)
