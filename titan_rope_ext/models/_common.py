@@ -1,4 +1,4 @@
-"""Helpers shared by adapters whose model rebuilds its cache through a method."""
+"""Helpers shared by the model adapters: the cached subclass, installing it, the log summary."""
 
 from __future__ import annotations
 
@@ -46,6 +46,16 @@ def config_of(model: nn.Module) -> RopeScaling:
     return getattr(model, CONFIG_ATTR)
 
 
+def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor_site: str) -> str:
+    """The converter's log summary: effective dims, theta, length and where the attention factor went."""
+    with torch.device("meta"):
+        _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
+    return (
+        f"{head_dim_name}={head_dim} theta={config.effective_theta(args.rope_theta)} seq_len={args.max_seq_len} "
+        f"attention_factor={attention_factor:.6g} ({factor_site})"
+    )
+
+
 class MethodAdapter:
     """Adapter for a model whose rotary cache is a buffer that one of its methods rebuilds.
 
@@ -89,9 +99,4 @@ class MethodAdapter:
         config.check_head_dim(head_dim)
         install(model, config, lambda base: _subclass(base, self.method, self._precompute), self.buffer,
                 self._precompute)
-        with torch.device("meta"):
-            _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
-        return (
-            f"head_dim={head_dim} theta={config.effective_theta(args.rope_theta)} seq_len={args.max_seq_len} "
-            f"attention_factor={attention_factor:.6g} ({self.factor_site})"
-        )
+        return summary(config, head_dim, args, "head_dim", self.factor_site)

@@ -32,7 +32,7 @@ from torch import nn
 
 from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.models._common import config_of, install
+from titan_rope_ext.models._common import config_of, install, summary
 from titan_rope_ext.scaling import yarn_mscale
 
 
@@ -83,13 +83,8 @@ class DeepSeekV3Adapter:
         for layer in model.layers.values():
             attention = layer.attention
             attention.softmax_scale = attention.qk_head_dim**-0.5 * scale_factor
-        with torch.device("meta"):
-            _, attention_factor = rope_frequencies(config, args.qk_rope_head_dim, args.rope_theta, args.max_seq_len)
-        return (
-            f"qk_rope_head_dim={args.qk_rope_head_dim} theta={config.effective_theta(args.rope_theta)} "
-            f"seq_len={args.max_seq_len} attention_factor={attention_factor:.6g} (in the complex cache), "
-            f"softmax_scale x{scale_factor:.6g}"
-        )
+        return summary(config, args.qk_rope_head_dim, args, "qk_rope_head_dim",
+                       "in the complex cache") + f", softmax_scale x{scale_factor:.6g}"
 
 
 ADAPTER = DeepSeekV3Adapter()
