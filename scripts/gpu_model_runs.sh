@@ -6,7 +6,8 @@
 # Per model: stock torchtitan (converter off) vs the converter holding that model's built-in RoPE
 # values (losses must match), and the shipped YaRN config (loss must fall).
 #   llama4:      stock = llama3 method (16, 1, 1, 8192)                           seq 256
-#   deepseek_v3: stock = YaRN factor 40 over 4096, mscale 0.7 (only past 4096)    seq 8192
+#   deepseek_v3: stock = YaRN factor 40 over 4096, mscale 0.7 (only past 4096),
+#                stock's rounding order (arithmetic = deepseek)                    seq 8192
 #   gpt_oss:     stock = YaRN factor 32 over 4096, beta 32/1, truncate false      seq 256
 # Usage: OUT=outputs/gpu_model_runs STEPS=20 bash scripts/gpu_model_runs.sh   (torchtitan 0.2.2 importable)
 #   MODELS="llama4 gpt_oss" limits the models; EXTRA="--optimizer.lr 3e-4" adds torchtitan args to every run.
@@ -46,7 +47,7 @@ if wants deepseek_v3; then
 ds_long=(--training.seq_len 8192 --training.local_batch_size 1)
 run deepseek_v3_stock "$(stock_of deepseek_v3)" "${ds_long[@]}"
 run deepseek_v3_equiv configs/deepseek_v3_debug_yarn.toml "${ds_long[@]}" --rope_scaling.factor 40 \
-  --rope_scaling.original_max_position_embeddings 4096
+  --rope_scaling.original_max_position_embeddings 4096 --rope_scaling.arithmetic deepseek
 run deepseek_v3_yarn configs/deepseek_v3_debug_yarn.toml
 fi
 

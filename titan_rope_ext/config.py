@@ -20,6 +20,7 @@ from titan_rope_ext.hf import load_config_json, rope_keys_from_hf
 from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
+_Arithmetic = Literal["transformers", "deepseek"]
 
 # keys that are not arguments of the rope function
 _NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets"})
@@ -74,6 +75,11 @@ class RopeScaling:
 
     truncate: bool | None = None
     """yarn: round the ramp's end points to whole dimensions (default true)."""
+
+    arithmetic: _Arithmetic | None = None
+    """yarn: rounding order of the interpolated frequencies (default transformers). "deepseek"
+    divides 1/theta^(2i/d) by factor as DeepSeek-V3's code and torchtitan's deepseek_v3 do,
+    reproducing that stock cache bit for bit; the two differ by at most 1 ulp per band."""
 
     short_factor: list[float] | None = None
     """longrope: per-band rescale (head_dim // 2 entries) for runs within the original length."""
@@ -182,6 +188,8 @@ class RopeScaling:
                 )
         if self.truncate is not None and not isinstance(self.truncate, bool):
             fail("truncate", "true or false")
+        if self.arithmetic is not None and self.arithmetic not in get_args(_Arithmetic):
+            fail("arithmetic", " or ".join(repr(a) for a in get_args(_Arithmetic)))
         for key in ("short_factor", "long_factor"):
             values = getattr(self, key)
             if values is None:

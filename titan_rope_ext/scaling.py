@@ -120,6 +120,7 @@ def yarn_rope(
     mscale_all_dim: float | None = None,
     attention_factor: float | None = None,
     truncate: bool = True,
+    arithmetic: str = "transformers",
 ) -> tuple[torch.Tensor, float]:
     """YaRN, "NTK-by-parts" interpolation plus attention scaling (Peng et al. 2023,
     https://arxiv.org/abs/2309.00071, eq. 17-20).
@@ -129,6 +130,12 @@ def yarn_rope(
     ``factor`` (interpolate); a linear ramp over band index joins them. ``beta_fast`` bounds
     the high-frequency end, ``beta_slow`` the low-frequency end. ``truncate`` floors/ceils
     the ramp's end points to whole dimensions as the reference code does.
+
+    ``arithmetic`` picks the floating-point order of the interpolated frequencies, which two
+    reference implementations round differently (by at most 1 ulp, in some bands):
+    ``"transformers"`` computes ``1 / (factor * theta ** (2i/d))`` (transformers, the YaRN
+    authors' code); ``"deepseek"`` computes ``(1 / theta ** (2i/d)) / factor`` (DeepSeek-V3's
+    reference code, and so torchtitan's ``deepseek_v3``, which it reproduces bit for bit).
 
     Attention factor: ``attention_factor`` if given; else, with both ``mscale`` and
     ``mscale_all_dim`` (DeepSeek), ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)``;
@@ -150,7 +157,12 @@ def yarn_rope(
 
     wavelen_scale = theta ** _band_exponents(head_dim, device)  # 1 / inv_freq
     inv_freq_extrapolation = 1.0 / wavelen_scale
-    inv_freq_interpolation = 1.0 / (factor * wavelen_scale)
+    if arithmetic == "transformers":
+        inv_freq_interpolation = 1.0 / (factor * wavelen_scale)
+    elif arithmetic == "deepseek":
+        inv_freq_interpolation = inv_freq_extrapolation / factor
+    else:
+        raise ValueError(f"arithmetic must be 'transformers' or 'deepseek', got {arithmetic!r}")
     band = torch.arange(head_dim // 2, dtype=torch.float32, device=device)
     ramp = torch.clamp((band - low) / (high - low), 0, 1)
     extrapolation_weight = 1 - ramp  # 1 for fast (high-frequency) bands, 0 for slow ones

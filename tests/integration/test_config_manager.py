@@ -89,6 +89,8 @@ def test_cli_overrides_the_toml():
                                       "--rope_scaling.rope_type", "yarn",
                                       "--rope_scaling.original_max_position_embeddings", "128"])
     assert job.rope_scaling == RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=128)
+    job = ConfigManager().parse_args(["--job.config_file", str(config("yarn")), "--rope_scaling.arithmetic", "deepseek"])
+    assert job.rope_scaling.arithmetic == "deepseek"
 
 
 def test_bad_cli_value_is_refused_by_the_config_manager(capsys):

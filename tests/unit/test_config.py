@@ -41,6 +41,8 @@ LONGROPE = dict(rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] 
         (dict(rope_type="ntk", factor=2.0, original_max_position_embeddings=64),
          ["rope_scaling.original_max_position_embeddings", "64", "'ntk'"]),
         (dict(YARN, truncate="yes"), ["rope_scaling.truncate", "'yes'"]),
+        (dict(YARN, arithmetic="torch"), ["rope_scaling.arithmetic", "'torch'", "'deepseek'"]),
+        (dict(LLAMA3, arithmetic="deepseek"), ["rope_scaling.arithmetic", "'deepseek'", "'llama3'"]),
     ],
 )
 def test_bad_values_name_key_and_value(section, fragments):

@@ -109,6 +109,22 @@ def test_yarn_untruncated_ramp():
     close(inv, [1.0, 0.1 * (w1 + (1 - w1) / 4), 0.01 / 4, 0.001 / 4])
 
 
+def test_yarn_arithmetic_orders_round_differently_by_at_most_one_ulp():
+    # DeepSeek-V3's rope dims: qk_rope_head_dim 64, theta 1e4, factor 40 over 4096. Ramp ends:
+    # floor(64 ln(4096 / (2 pi 32)) / (2 ln 1e4)) = floor(10.47) = 10, ceil(64 ln(4096 / 2 pi) / (2 ln 1e4)) = 23
+    kw = dict(rope_type="yarn", factor=40.0, original_max_position_embeddings=4096)
+    hf, _ = rope_frequencies(RopeScaling(**kw), 64, 1e4, 8192)
+    ds, _ = rope_frequencies(RopeScaling(**kw, arithmetic="deepseek"), 64, 1e4, 8192)
+    assert torch.equal(rope_frequencies(RopeScaling(**kw, arithmetic="transformers"), 64, 1e4, 8192)[0], hf)
+    # the two published orders, written out here in float32
+    wavelen = 1e4 ** (torch.arange(0, 64, 2).float() / 64)
+    for inv, interpolated in ((hf, 1.0 / (40.0 * wavelen)), (ds, (1.0 / wavelen) / 40.0)):
+        assert torch.equal(inv[:11], 1.0 / wavelen[:11])  # ramp 0: kept
+        assert torch.equal(inv[23:], interpolated[23:])  # ramp 1: interpolated
+    assert (hf - ds).abs().le(torch.finfo(torch.float32).eps * hf).all()
+    assert 0 < int((hf != ds).sum()) < 32  # some bands really differ: the switch is not a no-op
+
+
 def test_yarn_attention_factor_variants():
     # DeepSeek: (0.1 * 1 * ln 4 + 1) / (0.1 * 0.5 * ln 4 + 1) = 1.1386294 / 1.0693147
     _, af = freqs(rope_type="yarn", factor=4.0, original_max_position_embeddings=64, mscale=1.0, mscale_all_dim=0.5)
@@ -244,4 +260,5 @@ def test_method_keys_come_from_the_signatures():
                                         "original_max_position_embeddings"}
     required, optional = method_keys("yarn")
     assert required == {"factor", "original_max_position_embeddings"}
-    assert optional == {"beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate"}
+    assert optional == {"beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "truncate",
+                        "arithmetic"}

@@ -18,9 +18,11 @@ original_seq_len``), so the factor is applied once and never silently dropped.
 
 Stock 0.2.2 quirk fixed under the converter: stock applies YaRN (and its softmax mscale) only when
 the training ``seq_len`` exceeds ``original_seq_len``; the converter applies what the section says.
-Stock equivalence at ``seq_len > original_seq_len``: ``rope_type = "yarn"``, ``factor = rope_factor``,
-``original_max_position_embeddings = original_seq_len``, ``beta_fast``/``beta_slow`` as the model
-args, ``mscale = mscale_all_dim = model_args.mscale``.
+Stock equivalence at ``seq_len > original_seq_len``, bit for bit: ``rope_type = "yarn"``,
+``factor = rope_factor``, ``original_max_position_embeddings = original_seq_len``,
+``beta_fast``/``beta_slow`` as the model args, ``mscale = mscale_all_dim = model_args.mscale``,
+``arithmetic = "deepseek"`` (stock divides ``1/theta^x`` by the factor; transformers' order,
+the default, computes ``1/(factor*theta^x)``, 1 ulp off stock in some bands).
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ def _subclass(base: type) -> type:
     return RopeScaled
 
 
-def softmax_mscale(config: RopeScaling) -> float:
-    """Factor on the softmax scale: ``mscale(factor, mscale_all_dim) ** 2`` when mscale_all_dim is set."""
+def softmax_scale(qk_head_dim: int, config: RopeScaling) -> float:
+    """``qk_head_dim ** -0.5``, times ``mscale(factor, mscale_all_dim)`` twice when mscale_all_dim is set
+    (multiplied in stock's order, so the stock-equivalent section gives stock's float exactly)."""
+    scale = qk_head_dim**-0.5
     if config.mscale_all_dim is None:
-        return 1.0
-    return yarn_mscale(config.factor, config.mscale_all_dim) ** 2
+        return scale
+    mscale = yarn_mscale(config.factor, config.mscale_all_dim)
+    return scale * mscale * mscale
 
 
 class DeepSeekV3Adapter:
@@ -79,12 +84,12 @@ class DeepSeekV3Adapter:
         args = model.model_args
         config.check_head_dim(args.qk_rope_head_dim)
         install(model, config, _subclass, self.buffer, _precompute)
-        scale_factor = softmax_mscale(config)
+        scale = softmax_scale(args.qk_nope_head_dim + args.qk_rope_head_dim, config)
         for layer in model.layers.values():
-            attention = layer.attention
-            attention.softmax_scale = attention.qk_head_dim**-0.5 * scale_factor
+            layer.attention.softmax_scale = scale
+        factor = scale * (args.qk_nope_head_dim + args.qk_rope_head_dim) ** 0.5
         return summary(config, args.qk_rope_head_dim, args, "qk_rope_head_dim",
-                       "in the complex cache") + f", softmax_scale x{scale_factor:.6g}"
+                       "in the complex cache") + f", softmax_scale x{factor:.6g}"
 
 
 ADAPTER = DeepSeekV3Adapter()

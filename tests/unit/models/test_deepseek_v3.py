@@ -28,10 +28,10 @@ def args_of(seq_len):
     return args
 
 
-def stock_equivalent(args) -> RopeScaling:
+def stock_equivalent(args, arithmetic="deepseek") -> RopeScaling:
     return RopeScaling(rope_type="yarn", factor=float(args.rope_factor), beta_fast=float(args.beta_fast),
                        beta_slow=float(args.beta_slow), original_max_position_embeddings=args.original_seq_len,
-                       mscale=args.mscale, mscale_all_dim=args.mscale)
+                       mscale=args.mscale, mscale_all_dim=args.mscale, arithmetic=arithmetic)
 
 
 def softmax_scales(model):
@@ -48,11 +48,14 @@ def test_stock_equivalent_past_the_original_length():
     stock = helpers.build(DeepSeekV3Model, args, ADAPTER, None)
     ours = helpers.build(DeepSeekV3Model, args_of(8192), ADAPTER, stock_equivalent(args))
     assert ours.freqs_cis.dtype == torch.complex64 and ours.freqs_cis.shape == (8192, ROPE_DIM // 2)
-    # stock divides 1/base^x by the factor, transformers computes 1/(factor*base^x): 7 of 32 bands differ by 1 ulp
-    torch.testing.assert_close(ours.freqs_cis, stock.freqs_cis, rtol=2e-7, atol=2e-6)
-    (stock_scale,), (our_scale,) = softmax_scales(stock), softmax_scales(ours)
-    assert our_scale == pytest.approx(stock_scale, rel=1e-15)
+    assert torch.equal(ours.freqs_cis, stock.freqs_cis)
+    assert softmax_scales(ours) == softmax_scales(stock)
+    (stock_scale,) = softmax_scales(stock)
     assert stock_scale != pytest.approx(ours.layers["0"].attention.qk_head_dim ** -0.5)  # mscale is in use
+    # transformers' order (the default) divides differently: 1 ulp apart in some bands, not bitwise
+    hf_order = helpers.build(DeepSeekV3Model, args_of(8192), ADAPTER, stock_equivalent(args, arithmetic=None))
+    assert not torch.equal(hf_order.freqs_cis, stock.freqs_cis)
+    torch.testing.assert_close(hf_order.freqs_cis, stock.freqs_cis, rtol=2e-7, atol=2e-6)
 
 
 def test_stock_quirk_yarn_off_within_the_original_length_is_fixed():
@@ -101,3 +104,41 @@ def test_attention_factor_is_applied_once(section, cache_factor, softmax_factor)
     total = cache_factor**2 * softmax_factor
     expected = yarn_mscale(4.0, section["mscale"]) ** 2 if section else (0.1 * math.log(4.0) + 1) ** 2
     assert total == pytest.approx(expected, rel=1e-12)
+
+
+def reference_mla(attn, x, inv_freq, cache_factor, scale):
+    """float64 MLA as transformers' DeepSeek-V3 computes it: RoPE (factor on cos and sin) on the rope part
+    of each query head and on the one shared rope key, ``scale`` as the softmax scale."""
+    bs, seq, _ = x.shape
+    nope, rope = attn.qk_nope_head_dim, attn.qk_rope_head_dim
+    q = attn.wq(x) if attn.q_lora_rank == 0 else attn.wq_b(attn.q_norm(attn.wq_a(x)))
+    q_nope, q_pe = q.view(bs, seq, -1, nope + rope).split([nope, rope], dim=-1)
+    q = torch.cat((q_nope.double(), helpers.rotate_pairs_reference(q_pe, inv_freq, cache_factor, "pairs")), dim=-1)
+    compressed, k_pe = attn.wkv_a(x).split([attn.kv_lora_rank, rope], dim=-1)
+    k_pe = helpers.rotate_pairs_reference(k_pe.unsqueeze(2), inv_freq, cache_factor, "pairs")
+    kv = attn.wkv_b(attn.kv_norm(compressed)).view(bs, seq, -1, nope + attn.v_head_dim)
+    k_nope, v = kv.split([nope, attn.v_head_dim], dim=-1)
+    k = torch.cat((k_nope.double(), k_pe.expand(-1, -1, k_nope.shape[2], -1)), dim=-1)
+    return attn.wo(helpers.attend(q, k, v, scale).float())
+
+
+@pytest.mark.parametrize("section", [dict(mscale=1.0, mscale_all_dim=0.5), dict(mscale=0.7, mscale_all_dim=0.7), {}])
+def test_attention_block_matches_a_float64_reference(section):
+    cfg = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=32, **section)
+    model = helpers.build(DeepSeekV3Model, args_of(128), ADAPTER, cfg)
+    inv_freq, cache_factor = rope_frequencies(cfg, ROPE_DIM, model.model_args.rope_theta, 128)
+    attn = model.layers["0"].attention
+    base_scale = attn.qk_head_dim**-0.5
+    # transformers' DeepSeek-V3 rule: mscale(f, mscale_all_dim)^2 on the softmax scale when mscale_all_dim is set
+    scale = base_scale * (yarn_mscale(4.0, section["mscale_all_dim"]) ** 2 if section else 1.0)
+    x = torch.randn(2, 128, model.model_args.dim, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        out = attn(x, model.freqs_cis, attention_masks=None)
+        torch.testing.assert_close(out, reference_mla(attn, x, inv_freq, cache_factor, scale), rtol=1e-4, atol=1e-5)
+        # the comparison can fail: either factor dropped, or the whole factor put on the cache as well
+        wrongs = [(1.0, scale), (cache_factor, base_scale)] if section else [(1.0, scale), (cache_factor**2, scale)]
+        for wrong_factor, wrong_scale in wrongs:
+            if (wrong_factor, wrong_scale) == (cache_factor, scale):
+                continue  # mscale == mscale_all_dim: the cache factor is 1, dropping it is no change
+            assert not torch.allclose(out, reference_mla(attn, x, inv_freq, wrong_factor, wrong_scale),
+                                      rtol=1e-4, atol=1e-5)

@@ -1,10 +1,13 @@
 """gpt_oss adapter: its built-in YaRN cache reproduced, the factor applied once, meta phases."""
 
 import copy
+import functools
 import math
 
 import pytest
 import torch
+from torch.nn.attention.flex_attention import flex_attention
+from torchtitan.models.attention import FlexAttentionWrapper
 
 try:  # torchtitan 0.2.2
     from torchtitan.models.gpt_oss import gptoss_configs
@@ -84,3 +87,31 @@ def test_attention_factor_reaches_q_and_k_once():
     # softmax scale untouched: 1/sqrt(head_dim) (0.2.1's attention has no attribute: the kernel default)
     scales = {getattr(layer.attention, "softmax_scale", None) for layer in model.layers.values()}
     assert scales <= {1.0 / math.sqrt(HEAD_DIM), None} and len(scales) == 1
+
+
+def test_attention_block_matches_a_float64_reference(monkeypatch):
+    # torchtitan compiles flex_attention; compiled flex on CPU cannot return the log-sum-exp that the
+    # sinks need, so the kernel runs eagerly here (same math). Everything else is the model's own forward.
+    monkeypatch.setattr(FlexAttentionWrapper, "_compiled_flex_attn", flex_attention)
+    args = args_of(256)
+    cfg = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
+    model = helpers.build(GptOssModel, args, ADAPTER, cfg)
+    inv_freq, af = rope_frequencies(cfg, HEAD_DIM, args.rope_theta, 256)
+    assert af > 1.1
+    masks = model.get_attention_masks(torch.zeros(1, 256, dtype=torch.long), tokenizer=None)
+    x = torch.randn(2, 256, args.dim, generator=torch.Generator().manual_seed(5))
+    # even layers: sliding window (128 < 256, so it hides keys); odd layers: full causal
+    for layer_id, mask, window in (("0", "sliding_window_mask", args.sliding_window_size), ("1", "basic_mask", None)):
+        attn = model.layers[layer_id].attention.float()  # the model keeps its layers in bf16
+        with torch.no_grad():
+            attn.sinks.copy_(torch.linspace(-2.0, 3.0, attn.sinks.numel()))  # sinks large enough to matter
+            out = attn(x, model.rope_cache, masks[mask])
+            reference = functools.partial(helpers.reference_attention, attn, x, inv_freq, layout="half")
+            torch.testing.assert_close(out, reference(af, window=window, sinks=attn.sinks), rtol=1e-4, atol=1e-5)
+            # the comparison can fail: the factor dropped or squared, the window or the sinks ignored
+            wrongs = [reference(1.0, window=window, sinks=attn.sinks), reference(af * af, window=window, sinks=attn.sinks),
+                      reference(af, window=window)]
+            if window is not None:
+                wrongs.append(reference(af, sinks=attn.sinks))
+            for wrong in wrongs:
+                assert not torch.allclose(out, wrong, rtol=1e-4, atol=1e-5)
