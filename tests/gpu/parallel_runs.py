@@ -443,8 +443,40 @@ def check(results: dict[str, dict], out: Path | None = None) -> list[dict]:
     return rows
 
 
+def layout_table(results: dict[str, dict]) -> str:
+    """One line per layout: does it run, stock == equiv, each rope's largest loss gap to its control."""
+
+    def cell(model, rope, name, layout):
+        r, c = results.get(f"{model}_{rope}_{name}"), results.get(f"{model}_{rope}_{layout.baseline}")
+        if r is None:
+            return ""
+        if r["rc"] != 0:
+            return "stock fails" if model in layout.stock_fails else f"FAILED rc={r['rc']}"
+        if name == layout.baseline:
+            return f"{r['losses'][max(r['losses'])]:.5f} (control)"
+        return f"{max_diff(r['losses'], c['losses']):.1e}" if c and c["rc"] == 0 else "no control"
+
+    lines = ["| layout | GPUs | precision | llama3 stock / equiv / yarn: max \\|loss - control\\| | stock == equiv "
+             "| qwen3 stock / yarn | one cache digest on |",
+             "|---|---|---|---|---|---|---|"]
+    for name, layout in LAYOUTS.items():
+        llama = " / ".join(cell("llama3", rope, name, layout) for rope in ROPES["llama3"]) if "llama3" in layout.models else ""
+        qwen = " / ".join(cell("qwen3", rope, name, layout) for rope in ROPES["qwen3"]) if "qwen3" in layout.models else ""
+        stock, equiv = results.get(f"llama3_stock_{name}"), results.get(f"llama3_equiv_{name}")
+        same = ""
+        if stock and equiv and stock["rc"] == 0 and equiv["rc"] == 0:
+            same = "identical" if stock["losses"] == equiv["losses"] else f"max diff {max_diff(stock['losses'], equiv['losses']):.0e}"
+        ran = [r for m in ROPES for rope in ROPES[m] if (r := results.get(f"{m}_{rope}_{name}")) and r["rc"] == 0]
+        agree = all(len({p["digest"] for p in r["probes"]}) == 1 and len({p["rank"] for p in r["probes"]}) == r["ngpu"]
+                    for r in ran)
+        precision = ("fp32" if layout.float32 else "bf16") + ("" if layout.deterministic else ", non-det.")
+        lines.append(f"| {name} (vs {layout.baseline}) | {layout.ngpu} | {precision} | {llama} | {same} | {qwen} "
+                     f"| {('every rank, ' + str(len(ran)) + ' runs') if ran and agree else ('DIFFER' if ran else '')} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: dict[str, dict], rows: list[dict]) -> str:
-    lines = ["| run | rc | loss at step 1 / 10 / 20 / 30 | seconds |", "|---|---|---|---|"]
+    lines = [layout_table(results), "", "| run | rc | loss at step 1 / 10 / 20 / 30 | seconds |", "|---|---|---|---|"]
     for name, r in results.items():
         pick = " / ".join(f"{r['losses'][s]:.5f}" if s in r["losses"] else "-" for s in (1, 10, 20, 30))
         lines.append(f"| {name} | {r['rc']} | {pick} | {r.get('seconds', '')} |")
@@ -480,7 +512,8 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps({"results": results, "checks": rows}, indent=1))
     (out / "results.md").write_text(markdown(results, rows))
     failed = [c for c in rows if not c["ok"]]
-    print(markdown({}, rows).split("\n", 3)[-1] if rows else "no checks")
+    print(layout_table(results))
+    print("\n".join(f"{c['check']:12} {c['name']:48} {'ok' if c['ok'] else 'FAIL'}  {c['detail']}" for c in rows if not c["ok"]))
     print(f"{len(rows) - len(failed)} of {len(rows)} checks passed")
     return 1 if failed else 0
 
