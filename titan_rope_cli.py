@@ -1,6 +1,8 @@
 """``titan-rope``: run torchtitan's own trainer with the rope_scaling converter, on CPU-only hosts too.
 
     titan-rope train [--nproc N] --job.config_file configs/llama3_debug_yarn.toml [torchtitan args]
+    titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
+    titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
 
 Arguments other than ``--nproc`` go to torchtitan unchanged. The job is parsed with torchtitan's
 ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
@@ -96,7 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         description="Arguments other than --nproc go to torchtitan unchanged.",
     )
     p_train.add_argument("--nproc", type=int, default=1, help="ranks on this host (default 1)")
+    sub.add_parser("inspect", add_help=False,
+                   help="per-band RoPE of a job: CONFIG.toml [--plot out.png] [torchtitan overrides]")
+    sub.add_parser("eval", add_help=False,
+                   help="perplexity by position and passkey retrieval of a checkpoint (--help for options)")
     ns, rest = parser.parse_known_args(argv)
+    if ns.command == "inspect":  # in this process: one model on meta, no ranks
+        from titan_rope_ext.tools import inspect_rope
+
+        return inspect_rope.main(rest)
+    if ns.command == "eval":
+        from titan_rope_ext.tools import evaluate
+
+        return evaluate.main(rest)
     if ns.nproc < 1:
         parser.error(f"--nproc must be >= 1, got {ns.nproc}")
     return train(ns.nproc, rest)

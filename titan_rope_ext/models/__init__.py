@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol
 
+import torch
 from torch import nn
 
 from titan_rope_ext.config import RopeScaling
@@ -39,6 +40,10 @@ class Adapter(Protocol):
 
     def convert(self, model: nn.Module, config: RopeScaling) -> str:
         """Makes ``model`` build its rotary cache from ``config``; returns a log summary."""
+        ...
+
+    def stock_cache(self, model: nn.Module) -> torch.Tensor:
+        """The cache stock torchtitan builds for this (unconverted) model, on the current default device."""
         ...
 
 

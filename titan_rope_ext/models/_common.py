@@ -93,6 +93,9 @@ class MethodAdapter:
                 continue
         raise ModuleNotFoundError(f"this torchtitan has no {self.name} model ({self._model_class})")
 
+    def stock_cache(self, model: nn.Module) -> torch.Tensor:
+        return getattr(self.model_class(), self.method)(model)  # the stock method, even on a converted model
+
     def convert(self, model: nn.Module, config: RopeScaling) -> str:
         args = model.model_args
         head_dim = self.head_dim(args)

@@ -80,6 +80,11 @@ class DeepSeekV3Adapter:
     def head_dim(self, model_args) -> int:
         return model_args.qk_rope_head_dim
 
+    def stock_cache(self, model: nn.Module) -> torch.Tensor:
+        from torchtitan.models.deepseek_v3.model.model import precompute_freqs_cis
+
+        return precompute_freqs_cis(model.model_args)
+
     def convert(self, model: nn.Module, config: RopeScaling) -> str:
         args = model.model_args
         config.check_head_dim(args.qk_rope_head_dim)
