@@ -4,9 +4,10 @@
     python scripts/reproduce_extension.py --out /tmp/x --short-len 32 --factor 2 --pretrain-steps 3 \\
         --finetune-steps 2 --methods default,yarn --tokens 512 --trials 1 --depths 0.5   # toy, CPU
 
-1. Pretrain the llama3 debug model at length L (``--short-len``) with ``default`` RoPE on the shipped
-   corpus (documents that state a pass key early and ask for it at the end).
-2. From that checkpoint (weights only), fine-tune at ``factor x L`` for the same few steps with each of
+1. Pretrain the llama3 debug model at length L (``--short-len``) with ``default`` RoPE on documents
+   generated like the shipped corpus (a pass key stated early, asked for at the end), each short
+   enough to fit in L tokens, so the key and its question share a training window.
+2. From that checkpoint (weights only), fine-tune at ``factor x L`` (documents up to that length) with each of
    ``--methods`` (default = no scaling, linear, ntk, yarn, llama3), each at ``factor`` over L.
 3. ``titan-rope eval`` every fine-tuned checkpoint (and the pretrained one) at L, 2L, 4L, 8L:
    sliding-window perplexity and passkey retrieval.
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     p.add_argument("--flavor", default="debugmodel")
+    p.add_argument("--docs", type=int, default=20000, help="pretraining documents (fine-tuning: docs / factor)")
     p.add_argument("--no-pretrained-eval", action="store_true", help="evaluate the fine-tuned checkpoints only")
     opts, extra = p.parse_known_args(argv)
     out = opts.out.resolve()
@@ -75,6 +77,17 @@ def main(argv=None) -> int:
     L, F = opts.short_len, opts.factor
     long_len = int(L * F)
     lengths = opts.lengths or ",".join(str(L * k) for k in (1, 2, 4, 8))
+    # Corpora matched to each stage's window: a document (pass key early, question at the end) fits in L
+    # tokens for pretraining and in factor x L for fine-tuning, so the key and its question share a window
+    # and retrieval is learnable at the distances of that stage (~12 tokens per filler sentence).
+    from titan_rope_ext.assets.make_assets import make_corpus, write_corpus
+
+    def corpus(name: str, window: int, n_docs: int, seed: int) -> str:
+        most = max(5, window // 14)
+        return str(write_corpus(out / name, make_corpus(n_docs, seed, (max(2, most // 4), most))))
+
+    pre_corpus = corpus("corpus_pretrain", L, opts.docs, 10)
+    ft_corpus = corpus("corpus_finetune", long_len, max(1, opts.docs // int(F)), 11)
     cli = [sys.executable, "-m", "titan_rope_cli"]
     common = ["--job.config_file", BASE_TOML, "--model.flavor", opts.flavor, "--optimizer.lr", str(opts.lr),
               "--metrics.log_freq", "10", "--debug.seed", "0", "--lr_scheduler.decay_ratio", "0.2", *extra]
@@ -82,6 +95,7 @@ def main(argv=None) -> int:
     print(f"1. pretrain at {L} with default RoPE, {opts.pretrain_steps} steps", flush=True)
     pre = out / "pretrain"
     run([*cli, "train", *common, "--job.dump_folder", str(pre), "--training.seq_len", str(L),
+         "--training.dataset_path", pre_corpus,
          "--training.local_batch_size", str(opts.batch), "--training.steps", str(opts.pretrain_steps),
          "--lr_scheduler.warmup_steps", str(max(1, opts.pretrain_steps // 20)),
          "--checkpoint.enable", "--checkpoint.interval", str(opts.pretrain_steps)], out / "pretrain.log")
@@ -96,6 +110,7 @@ def main(argv=None) -> int:
         dump = out / f"ft_{method}"
         flags = method_flags(method, F, L)
         run([*cli, "train", *common, *flags, "--job.dump_folder", str(dump), "--training.seq_len", str(long_len),
+             "--training.dataset_path", ft_corpus,
              "--training.local_batch_size", str(batch), "--training.steps", str(opts.finetune_steps),
              "--lr_scheduler.warmup_steps", str(max(1, opts.finetune_steps // 10)),
              "--checkpoint.enable", "--checkpoint.interval", str(opts.finetune_steps),

@@ -48,9 +48,19 @@ def make_document(rng: random.Random, n_sentences: int) -> str:
     return " ".join(parts)
 
 
-def make_corpus(n_docs: int = 600, seed: int = 0) -> list[str]:
+def make_corpus(n_docs: int = 600, seed: int = 0, sentences: tuple[int, int] = (20, 120)) -> list[str]:
+    """``n_docs`` documents of ``sentences[0]`` to ``sentences[1] - 1`` filler sentences (~12 tokens each)."""
     rng = random.Random(seed)
-    return [make_document(rng, rng.randrange(20, 120)) for _ in range(n_docs)]
+    return [make_document(rng, rng.randrange(*sentences)) for _ in range(n_docs)]
+
+
+def write_corpus(folder: Path, texts: list[str]) -> Path:
+    """``folder/train.jsonl`` in the layout torchtitan's ``c4_test`` loader reads; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "train.jsonl", "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+    return folder
 
 
 def make_tokenizer(texts: list[str]):
@@ -73,12 +83,9 @@ def make_tokenizer(texts: list[str]):
 
 def main() -> None:
     texts = make_corpus()
-    corpus_dir, tok_dir = HERE / "corpus", HERE / "tokenizer"
-    corpus_dir.mkdir(exist_ok=True)
+    tok_dir = HERE / "tokenizer"
+    write_corpus(HERE / "corpus", texts)
     tok_dir.mkdir(exist_ok=True)
-    with open(corpus_dir / "train.jsonl", "w") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")
     tok = make_tokenizer(texts)
     tok.save(str(tok_dir / "tokenizer.json"))
     with open(tok_dir / "tokenizer_config.json", "w") as f:
