@@ -84,7 +84,8 @@ def main(argv=None) -> int:
 
     def corpus(name: str, window: int, n_docs: int, seed: int) -> str:
         most = max(5, window // 14)
-        return str(write_corpus(out / name, make_corpus(n_docs, seed, (max(2, most // 4), most))))
+        # the key at any depth: a key always early would teach "copy from the start", not retrieval
+        return str(write_corpus(out / name, make_corpus(n_docs, seed, (max(2, most // 4), most), anywhere=True)))
 
     pre_corpus = corpus("corpus_pretrain", L, opts.docs, 10)
     ft_corpus = corpus("corpus_finetune", long_len, max(1, opts.docs // int(F)), 11)

@@ -38,20 +38,22 @@ def _sentence(rng: random.Random) -> str:
     return s[0].upper() + s[1:]
 
 
-def make_document(rng: random.Random, n_sentences: int) -> str:
-    """One document: filler prose with a pass key stated early and asked for at the end."""
+def make_document(rng: random.Random, n_sentences: int, anywhere: bool = False) -> str:
+    """One document: filler prose with a pass key stated early (``anywhere``: at any depth) and asked
+    for at the end."""
     key = f"{rng.randrange(10000, 100000)}"
-    depth = rng.randrange(0, max(1, n_sentences // 4))
+    depth = rng.randrange(0, n_sentences + 1) if anywhere else rng.randrange(0, max(1, n_sentences // 4))
     parts = [_sentence(rng) for _ in range(n_sentences)]
     parts.insert(depth, f"The pass key is {key}. Remember it. {key} is the pass key.")
     parts.append(f"What is the pass key? The pass key is {key}.")
     return " ".join(parts)
 
 
-def make_corpus(n_docs: int = 600, seed: int = 0, sentences: tuple[int, int] = (20, 120)) -> list[str]:
+def make_corpus(n_docs: int = 600, seed: int = 0, sentences: tuple[int, int] = (20, 120),
+                anywhere: bool = False) -> list[str]:
     """``n_docs`` documents of ``sentences[0]`` to ``sentences[1] - 1`` filler sentences (~12 tokens each)."""
     rng = random.Random(seed)
-    return [make_document(rng, rng.randrange(*sentences)) for _ in range(n_docs)]
+    return [make_document(rng, rng.randrange(*sentences), anywhere) for _ in range(n_docs)]
 
 
 def write_corpus(folder: Path, texts: list[str]) -> Path:
