@@ -47,7 +47,7 @@ def build(args, cfg=None):
     return model
 
 
-def make_step(model, vocab):
+def make_step(model):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
     def step(tokens, labels):
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq), device="cuda")
     labels = torch.randint(0, args.vocab_size, (opts.batch, opts.seq), device="cuda")
 
-    steps = {"stock": make_step(stock, args.vocab_size), "converted": make_step(converted, args.vocab_size)}
+    steps = {"stock": make_step(stock), "converted": make_step(converted)}
     torch.cuda.set_sync_debug_mode("error")  # raises on a host-device sync inside the converted step
     try:
         steps["converted"](tokens, labels)

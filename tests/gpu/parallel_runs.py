@@ -201,6 +201,8 @@ def parity_corpus(folder: Path, tokenizer_path: str, seq_len: int = SEQ_LEN, cop
     """
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
+    from titan_rope_ext.assets.make_assets import write_corpus
+
     tokenizer = HuggingFaceTokenizer(tokenizer_path)
     words = []
     for line in (REPO / "titan_rope_ext/assets/corpus/train.jsonl").read_text().splitlines()[:50]:
@@ -223,8 +225,7 @@ def parity_corpus(folder: Path, tokenizer_path: str, seq_len: int = SEQ_LEN, cop
             text = f"{text} {filler}"
     if count(text) != target:
         raise RuntimeError(f"could not build a {target}-token document (got {count(text)})")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for _ in range(copies)))
+    write_corpus(folder, [text] * copies)
     return text
 
 
@@ -328,6 +329,10 @@ TOL_FLOOR = 2e-3
 max(2 x the deviation of stock torchtitan with the same layout, TOL_FLOOR)."""
 
 
+def tolerance(stock_dev: float | None) -> float:
+    return max(2 * (stock_dev or 0.0), TOL_FLOOR)
+
+
 def check(results: dict[str, dict], out: Path | None = None) -> list[dict]:
     """Pass/fail rows.
 
@@ -400,37 +405,36 @@ def check(results: dict[str, dict], out: Path | None = None) -> list[dict]:
                     continue
                 dev = max_diff(run["losses"], control["losses"])
                 first = abs(run["losses"][1] - control["losses"][1])
-                tol = max(2 * (stock_dev if stock_dev is not None else 0.0), TOL_FLOOR)
+                tol = tolerance(stock_dev)
                 judged = layout.float32 and rope != "stock"
                 row("vs single", f"{model} {rope} {layout_name}", (dev <= tol) if judged else True,
                     f"max |loss - {layout.baseline}| {dev:.1e} (step 1: {first:.1e}); stock's {stock_dev if stock_dev is None else f'{stock_dev:.1e}'}"
                     + ("" if judged else "; reported only"))
 
-    for rope in ("equiv", "yarn"):
-        save = results.get(f"llama3_{rope}_save10")
-        full = get("llama3", rope, "fsdp4")
-        tp_full = get("llama3", rope, "tp2_fsdp2")
-        for name, r in results.items():
-            if not name.startswith(f"llama3_{rope}_resume_") or not ok_run(r) or not ok_run(full):
-                continue
-            steps = [s for s in range(11, 21)]
-            dev = max_diff(r["losses"], full["losses"], steps)
-            if "resume_fsdp4" in name:
-                row("resume", name, dev == 0.0 and min(r["losses"]) == 11,
-                    f"steps {min(r['losses'])}-{max(r['losses'])}; max |loss - uninterrupted fsdp4| {dev:.1e} (same layout: exact)")
-            else:
-                stock_dev = None
-                if ok_run(get("llama3", "stock", "tp2_fsdp2")) and ok_run(get("llama3", "stock", "fsdp4")):
-                    stock_dev = max_diff(get("llama3", "stock", "tp2_fsdp2")["losses"], get("llama3", "stock", "fsdp4")["losses"])
-                tol = max(2 * (stock_dev or 0.0), TOL_FLOOR)
-                row("resume", name, dev <= tol and min(r["losses"]) == 11,
-                    f"steps {min(r['losses'])}-{max(r['losses'])}; max |loss - uninterrupted fsdp4| {dev:.1e}; tolerance {tol:.1e}"
-                    + (f"; vs uninterrupted tp2_fsdp2 {max_diff(r['losses'], tp_full['losses'], steps):.1e}" if ok_run(tp_full) else ""))
-        on, off = results.get("llama3_equiv_resume_tp2_fsdp2_equiv"), results.get("llama3_equiv_resume_tp2_fsdp2_stock")
-        if rope == "equiv" and ok_run(on) and ok_run(off):
-            row("resume", "converter on vs off after loading", max_diff(on["losses"], off["losses"]) == 0.0,
-                f"max |loss diff| {max_diff(on['losses'], off['losses']):.1e}")
-        del save
+    full_runs = {rope: get("llama3", rope, "fsdp4") for rope in ("equiv", "yarn")}
+    stock_fsdp4, stock_tp = get("llama3", "stock", "fsdp4"), get("llama3", "stock", "tp2_fsdp2")
+    stock_dev = max_diff(stock_tp["losses"], stock_fsdp4["losses"]) if ok_run(stock_tp) and ok_run(stock_fsdp4) else None
+    steps = list(range(11, 21))
+    for name, r in results.items():
+        if not r["layout"].startswith("resume_") or not ok_run(r):
+            continue
+        saved_rope = name.split("_")[1]  # llama3_<rope of the saving run>_resume_...
+        full, tp_full = full_runs[saved_rope], get("llama3", saved_rope, "tp2_fsdp2")
+        if not ok_run(full):
+            continue
+        dev = max_diff(r["losses"], full["losses"], steps)
+        if r["layout"] == "resume_fsdp4":
+            row("resume", name, dev == 0.0 and min(r["losses"]) == 11,
+                f"steps {min(r['losses'])}-{max(r['losses'])}; max |loss - uninterrupted fsdp4| {dev:.1e} (same layout: exact)")
+        else:
+            tol = tolerance(stock_dev)
+            row("resume", name, dev <= tol and min(r["losses"]) == 11,
+                f"steps {min(r['losses'])}-{max(r['losses'])}; max |loss - uninterrupted fsdp4| {dev:.1e}; tolerance {tol:.1e}"
+                + (f"; vs uninterrupted tp2_fsdp2 {max_diff(r['losses'], tp_full['losses'], steps):.1e}" if ok_run(tp_full) else ""))
+    on, off = results.get("llama3_equiv_resume_tp2_fsdp2_equiv"), results.get("llama3_equiv_resume_tp2_fsdp2_stock")
+    if ok_run(on) and ok_run(off):
+        row("resume", "converter on vs off after loading", max_diff(on["losses"], off["losses"]) == 0.0,
+            f"max |loss diff| {max_diff(on['losses'], off['losses']):.1e}")
 
     if out is not None:
         for folder in [out / "runs" / f"{m}_seed" / "checkpoint" / "step-0" for m in ROPES] + \

@@ -49,7 +49,11 @@ def make_document(rng: random.Random, n_sentences: int, anywhere: bool = False) 
     return " ".join(parts)
 
 
-def make_corpus(n_docs: int = 600, seed: int = 0, sentences: tuple[int, int] = (20, 120),
+SENTENCES = (20, 120)
+"""Filler sentences per document of the shipped corpus (lower bound inclusive, upper exclusive)."""
+
+
+def make_corpus(n_docs: int = 600, seed: int = 0, sentences: tuple[int, int] = SENTENCES,
                 anywhere: bool = False) -> list[str]:
     """``n_docs`` documents of ``sentences[0]`` to ``sentences[1] - 1`` filler sentences (~12 tokens each)."""
     rng = random.Random(seed)

@@ -46,6 +46,15 @@ def config_of(model: nn.Module) -> RopeScaling:
     return getattr(model, CONFIG_ATTR)
 
 
+def scaled_cache(model: nn.Module, head_dim: int,
+                 cache_fn: Callable[[torch.Tensor, float, int], torch.Tensor]) -> torch.Tensor:
+    """The cache the converted ``model``'s section gives it: ``cache_fn(inv_freq, attention_factor,
+    max_seq_len)`` on the current default device."""
+    args = model.model_args
+    inv_freq, attention_factor = rope_frequencies(config_of(model), head_dim, args.rope_theta, args.max_seq_len)
+    return cache_fn(inv_freq, attention_factor, args.max_seq_len)
+
+
 def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor_site: str) -> str:
     """The converter's log summary: effective dims, theta, length and where the attention factor went."""
     with torch.device("meta"):
@@ -71,10 +80,7 @@ class MethodAdapter:
         self.head_dim, self.factor_site = head_dim, factor_site
 
         def precompute(model: nn.Module) -> torch.Tensor:
-            args = model.model_args
-            inv_freq, attention_factor = rope_frequencies(
-                config_of(model), head_dim(args), args.rope_theta, args.max_seq_len)
-            return cache_fn(inv_freq, attention_factor, args.max_seq_len)
+            return scaled_cache(model, head_dim(model.model_args), cache_fn)
 
         precompute.__name__ = method
         self._precompute = precompute

@@ -33,16 +33,13 @@ import torch
 from torch import nn
 
 from titan_rope_ext.cache import complex_cache
-from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.models._common import config_of, install, summary
+from titan_rope_ext.config import RopeScaling
+from titan_rope_ext.models._common import install, scaled_cache, summary
 from titan_rope_ext.scaling import yarn_mscale
 
 
 def _precompute(model: nn.Module) -> torch.Tensor:
-    args = model.model_args
-    inv_freq, attention_factor = rope_frequencies(config_of(model), args.qk_rope_head_dim, args.rope_theta,
-                                                  args.max_seq_len)
-    return complex_cache(inv_freq, attention_factor, args.max_seq_len)
+    return scaled_cache(model, model.model_args.qk_rope_head_dim, complex_cache)
 
 
 @functools.cache

@@ -38,18 +38,12 @@ import torch
 import torch.nn.functional as F
 
 
-def build_model(args: list[str], max_len: int, device: torch.device):
-    """The job's model, converted as in training, materialized on ``device`` for ``max_len`` positions."""
-    from torchtitan.protocols.train_spec import get_train_spec
-
+def build_model(job, max_len: int, device: torch.device):
+    """The parsed job's model, converted as in training, materialized on ``device`` for ``max_len`` positions."""
     from titan_rope_ext.converter import NAME, RopeScalingConverter
-    from titan_rope_ext.launch.check import preflight
+    from titan_rope_ext.tools._job import model_args_for
 
-    job = preflight(args)
-    spec = get_train_spec(job.model.name)
-    model_args = spec.model_args[job.model.flavor]
-    model_args.update_from_config(job)
-    model_args.max_seq_len = max_len
+    spec, model_args = model_args_for(job, max_seq_len=max_len)
     with torch.device("meta"):
         model = spec.model_cls(model_args)
     if NAME in job.model.converters:
@@ -58,7 +52,7 @@ def build_model(args: list[str], max_len: int, device: torch.device):
     with torch.no_grad():
         model.init_weights(buffer_device=device)
     tokenizer = spec.build_tokenizer_fn(job) if spec.build_tokenizer_fn is not None else None
-    return job, model, tokenizer
+    return model, tokenizer
 
 
 def load_checkpoint(model: torch.nn.Module, path: str) -> int:
@@ -72,8 +66,7 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> int:
         raise ValueError(f"--checkpoint {path}: no tensors for {missing[:3]}{' ...' if len(missing) > 3 else ''}")
     with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": intended
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state)
+        dcp.load(state, checkpoint_id=path)  # in place: state_dict()'s tensors are the model's own
     return len(state)
 
 
@@ -130,11 +123,11 @@ class Evaluator:
 
 def heldout_stream(tokenizer, n_tokens: int, seed: int) -> torch.Tensor:
     """Documents generated like the shipped corpus (another seed), encoded with BOS/EOS and concatenated."""
-    from titan_rope_ext.assets.make_assets import make_document
+    from titan_rope_ext.assets.make_assets import make_document, SENTENCES
 
     rng, ids = random.Random(seed), []
     while len(ids) < n_tokens:
-        ids += tokenizer.encode(make_document(rng, rng.randrange(20, 120)), add_bos=True, add_eos=True)
+        ids += tokenizer.encode(make_document(rng, rng.randrange(*SENTENCES)), add_bos=True, add_eos=True)
     return torch.tensor(ids[:n_tokens])
 
 
@@ -236,15 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--out", default=None, help="folder for eval.json and eval.png")
     opts, torchtitan_args = parser.parse_known_args(argv)
-    from titan_rope_ext.launch.check import ConfigError
+    from titan_rope_ext.launch.check import ConfigError, preflight
 
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     depths = _floats(opts.depths)
     if any(not 0 <= d <= 1 for d in depths):
         parser.error(f"--depths must lie in [0, 1], got {opts.depths}")
     try:
-        from titan_rope_ext.launch.check import preflight
-
         job = preflight(torchtitan_args)
         lengths = ([int(x) for x in opts.lengths.split(",")] if opts.lengths
                    else [job.training.seq_len * k for k in (1, 2, 4, 8)])
@@ -252,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--lengths must be >= 16, got {opts.lengths}")
         if not Path(opts.checkpoint, ".metadata").is_file():
             raise ConfigError(f"--checkpoint {opts.checkpoint!r} is not a torchtitan DCP folder (no .metadata)")
-        job, model, tokenizer = build_model(torchtitan_args, max(lengths), device)
+        model, tokenizer = build_model(job, max(lengths), device)
         load_checkpoint(model, opts.checkpoint)
     except (ConfigError, ValueError) as e:
         print(f"titan-rope: error: {e}", file=sys.stderr)

@@ -65,17 +65,14 @@ def decode(cache: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, float]:
 
 def inspect_job(args: list[str]) -> Inspection:
     """Resolves ``args`` (torchtitan CLI arguments) like training does; raises ConfigError on a bad job."""
-    from torchtitan.protocols.train_spec import get_train_spec
-
     from titan_rope_ext.converter import NAME, RopeScalingConverter
     from titan_rope_ext.launch.check import ConfigError, preflight
+    from titan_rope_ext.tools._job import model_args_for
 
     job = preflight(args)
     if NAME not in job.model.converters:
         raise ConfigError(f"model.converters = {job.model.converters} does not list {NAME!r}: nothing to inspect")
-    spec = get_train_spec(job.model.name)
-    model_args = spec.model_args[job.model.flavor]
-    model_args.update_from_config(job)
+    spec, model_args = model_args_for(job)
     converter = RopeScalingConverter(job, parallel_dims=None)
     with torch.device("meta"):
         stock_model = spec.model_cls(model_args)
