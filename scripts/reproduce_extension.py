@@ -12,7 +12,8 @@
 3. ``titan-rope eval`` every fine-tuned checkpoint (and the pretrained one) at L, 2L, 4L, 8L:
    sliding-window perplexity and passkey retrieval.
 
-Every step is ``titan-rope train`` / ``titan-rope eval`` (torchtitan's own trainer; CPU-only hosts
+A stage whose final checkpoint (or eval JSON) is already in ``--out`` is skipped, so the same command
+resumes an interrupted run. Every step is ``titan-rope train`` / ``titan-rope eval`` (torchtitan's own trainer; CPU-only hosts
 too). Writes ``results.json``, ``results.md`` (the table) and ``results.png`` into ``--out``.
 """
 
@@ -45,7 +46,12 @@ def method_flags(method: str, factor: float, short_len: int) -> list[str]:
     return flags
 
 
-def run(cmd: list[str], log: Path) -> None:
+def run(cmd: list[str], log: Path, done: Path) -> None:
+    """Run one stage unless ``done`` (its final checkpoint's DCP metadata, or its eval JSON) exists: a rerun
+    resumes."""
+    if done.exists():
+        print(f"  {' '.join(cmd[2:5])} ... done already ({done})", flush=True)
+        return
     start = time.time()
     with open(log, "w") as handle:
         rc = subprocess.call(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
@@ -63,6 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=16, help="pretraining batch; fine-tunes keep the tokens per step")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning peak LR (default: --lr)")
     p.add_argument("--methods", default="default,linear,ntk,yarn,llama3")
     p.add_argument("--lengths", default=None, help="eval lengths (default L, 2L, 4L, 8L)")
     p.add_argument("--tokens", type=int, default=32768)
@@ -90,17 +97,17 @@ def main(argv=None) -> int:
     pre_corpus = corpus("corpus_pretrain", L, opts.docs, 10)
     ft_corpus = corpus("corpus_finetune", long_len, max(1, opts.docs // int(F)), 11)
     cli = [sys.executable, "-m", "titan_rope_cli"]
-    common = ["--job.config_file", BASE_TOML, "--model.flavor", opts.flavor, "--optimizer.lr", str(opts.lr),
-              "--metrics.log_freq", "10", "--debug.seed", "0", "--lr_scheduler.decay_ratio", "0.2", *extra]
+    common = ["--job.config_file", BASE_TOML, "--model.flavor", opts.flavor, "--metrics.log_freq", "10", "--debug.seed", "0", "--lr_scheduler.decay_ratio", "0.2", *extra]
 
     print(f"1. pretrain at {L} with default RoPE, {opts.pretrain_steps} steps", flush=True)
     pre = out / "pretrain"
-    run([*cli, "train", *common, "--job.dump_folder", str(pre), "--training.seq_len", str(L),
+    pre_ckpt = pre / "checkpoint" / f"step-{opts.pretrain_steps}"
+    run([*cli, "train", *common, "--optimizer.lr", str(opts.lr), "--job.dump_folder", str(pre),
+         "--training.seq_len", str(L),
          "--training.dataset_path", pre_corpus,
          "--training.local_batch_size", str(opts.batch), "--training.steps", str(opts.pretrain_steps),
          "--lr_scheduler.warmup_steps", str(max(1, opts.pretrain_steps // 20)),
-         "--checkpoint.enable", "--checkpoint.interval", str(opts.pretrain_steps)], out / "pretrain.log")
-    pre_ckpt = pre / "checkpoint" / f"step-{opts.pretrain_steps}"
+         "--checkpoint.enable", "--checkpoint.interval", str(opts.pretrain_steps)], out / "pretrain.log", pre_ckpt / ".metadata")
 
     methods = opts.methods.split(",")
     ckpts = {} if opts.no_pretrained_eval else {
@@ -110,13 +117,14 @@ def main(argv=None) -> int:
     for method in methods:
         dump = out / f"ft_{method}"
         flags = method_flags(method, F, L)
-        run([*cli, "train", *common, *flags, "--job.dump_folder", str(dump), "--training.seq_len", str(long_len),
+        ckpts[method] = (dump / "checkpoint" / f"step-{opts.finetune_steps}", flags)
+        run([*cli, "train", *common, *flags, "--optimizer.lr", str(opts.finetune_lr or opts.lr),
+             "--job.dump_folder", str(dump), "--training.seq_len", str(long_len),
              "--training.dataset_path", ft_corpus,
              "--training.local_batch_size", str(batch), "--training.steps", str(opts.finetune_steps),
              "--lr_scheduler.warmup_steps", str(max(1, opts.finetune_steps // 10)),
              "--checkpoint.enable", "--checkpoint.interval", str(opts.finetune_steps),
-             "--checkpoint.initial_load_path", str(pre_ckpt)], out / f"ft_{method}.log")
-        ckpts[method] = (dump / "checkpoint" / f"step-{opts.finetune_steps}", flags)
+             "--checkpoint.initial_load_path", str(pre_ckpt)], out / f"ft_{method}.log", ckpts[method][0] / ".metadata")
 
     print(f"3. evaluate at {lengths}", flush=True)
     results = {}
@@ -125,11 +133,12 @@ def main(argv=None) -> int:
         run([*cli, "eval", "--job.config_file", BASE_TOML, "--model.flavor", opts.flavor, *flags,
              "--training.seq_len", str(L), "--checkpoint", str(ckpt), "--lengths", lengths,
              "--tokens", str(opts.tokens), "--trials", str(opts.trials), "--depths", opts.depths,
-             "--out", str(out / f"eval_{tag}"), *extra], out / f"eval_{tag}.log")
+             "--out", str(out / f"eval_{tag}"), *extra], out / f"eval_{tag}.log", out / f"eval_{tag}" / "eval.json")
         results[name] = json.loads((out / f"eval_{tag}" / "eval.json").read_text())
 
     summary = {"short_len": L, "factor": F, "pretrain_steps": opts.pretrain_steps,
-               "finetune_steps": opts.finetune_steps, "flavor": opts.flavor, "results": results}
+               "finetune_steps": opts.finetune_steps, "flavor": opts.flavor, "lr": opts.lr,
+               "finetune_lr": opts.finetune_lr or opts.lr, "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary)
     (out / "results.md").write_text(table)
