@@ -21,9 +21,10 @@ from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
 _Arithmetic = Literal["transformers", "deepseek"]
+_Apply = Literal["torchtitan", "fused"]
 
 # keys that are not arguments of the rope function
-_NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets"})
+_NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets", "apply"})
 # transformers' spellings that mean one of our keys
 _HF_ALIASES = {"type": "rope_type", "rope_theta": "theta"}
 
@@ -93,6 +94,11 @@ class RopeScaling:
 
     from_hf_assets: bool = False
     """Read ``<model.hf_assets_path>/config.json`` like hf_config (resolved when the job is checked)."""
+
+    apply: _Apply = "torchtitan"
+    """How the attention modules rotate q and k (any rope_type): "torchtitan", the model's own
+    ``apply_rotary_emb``; "fused", one Triton kernel for q and k, forward and backward, on CUDA
+    tensors (torchtitan's code on other devices). See titan_rope_ext/kernels/rotary.py."""
 
     def __post_init__(self) -> None:
         if self.hf_config is not None and self.from_hf_assets:
@@ -190,6 +196,8 @@ class RopeScaling:
             fail("truncate", "true or false")
         if self.arithmetic is not None and self.arithmetic not in get_args(_Arithmetic):
             fail("arithmetic", " or ".join(repr(a) for a in get_args(_Arithmetic)))
+        if self.apply not in get_args(_Apply):
+            fail("apply", " or ".join(repr(a) for a in get_args(_Apply)))
         for key in ("short_factor", "long_factor"):
             values = getattr(self, key)
             if values is None:
@@ -262,6 +270,8 @@ class RopeScaling:
         if self.theta is not None:
             parts.append(f"theta={self.theta}")
         parts += [f"{k}={v}" for k, v in self.method_kwargs().items()]
+        if self.apply != "torchtitan":
+            parts.append(f"apply={self.apply}")
         return " ".join(parts)
 
 

@@ -68,15 +68,15 @@ def assert_trains(run: Run, steps: int) -> None:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """Session cache of training runs, keyed by (config name, model, nproc, steps)."""
+    """Session cache of training runs, keyed by (config name, model, nproc, steps, extra args)."""
     cache: dict[tuple, Run] = {}
 
-    def get(name: str, nproc: int = 1, steps: int = 10, model: str = "llama3") -> Run:
-        key = (name, model, nproc, steps)
+    def get(name: str, nproc: int = 1, steps: int = 10, model: str = "llama3", extra: tuple[str, ...] = ()) -> Run:
+        key = (name, model, nproc, steps, extra)
         if key not in cache:
             dump = tmp_path_factory.mktemp(f"{model}-{name}-{nproc}")
             cache[key] = titan_rope("--job.config_file", config(name, model), *short_run_args(dump, steps),
-                                    nproc=nproc)
+                                    *extra, nproc=nproc)
         return cache[key]
 
     return get

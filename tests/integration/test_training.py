@@ -33,3 +33,11 @@ def test_scaling_changes_training(runs):
     # same data, seed and weights: only the rotary cache differs, so the losses must differ
     default, linear = runs("default").check().losses, runs("linear").check().losses
     assert default[1] != linear[1] or default[10] != linear[10]
+
+
+def test_fused_apply_on_cpu_trains_exactly_like_torchtitans_apply(runs):
+    # --rope_scaling.apply fused from the CLI: the attention modules are swapped, and on CPU the drop-in
+    # calls torchtitan's own apply_rotary_emb, so every loss is the stock-apply run's, to the printed digit
+    fused = runs("yarn", extra=("--rope_scaling.apply", "fused")).check()
+    assert "apply=fused in 6 attention modules" in fused.output
+    assert fused.losses == runs("yarn").check().losses

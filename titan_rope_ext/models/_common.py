@@ -65,19 +65,33 @@ def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor
     )
 
 
+def apply_fused(model: nn.Module, config: RopeScaling, model_class: type, pairs: bool,
+                single: bool = False) -> str:
+    """With ``apply = "fused"``, gives the ``Attention`` modules (the class defined beside
+    ``model_class``) the fused rotary application; returns the log summary's addition."""
+    if config.apply != "fused":
+        return ""
+    from titan_rope_ext.models._fused import use_fused_apply
+
+    attention = importlib.import_module(model_class.__module__).Attention
+    count = use_fused_apply(model, attention, pairs, single)
+    return f", apply=fused in {count} attention modules (Triton on CUDA, stock elsewhere)"
+
+
 class MethodAdapter:
     """Adapter for a model whose rotary cache is a buffer that one of its methods rebuilds.
 
     Such a model calls ``self.<method>()`` at construction and in ``init_weights``; the
     converter gives the instance a subclass whose ``<method>`` builds the cache from
-    ``[rope_scaling]`` with ``cache_fn(inv_freq, attention_factor, max_seq_len)``.
+    ``[rope_scaling]`` with ``cache_fn(inv_freq, attention_factor, max_seq_len)``. ``pairs``: its
+    ``apply_rotary_emb`` rotates adjacent pairs (complex cache), else halves (``[cos | sin]`` cache).
     """
 
     def __init__(self, name: str, model_class: str, method: str, buffer: str,
                  head_dim: Callable[[object], int], cache_fn: Callable[[torch.Tensor, float, int], torch.Tensor],
-                 factor_site: str):
+                 factor_site: str, pairs: bool):
         self.name, self._model_class, self.method, self.buffer = name, model_class, method, buffer
-        self.head_dim, self.factor_site = head_dim, factor_site
+        self.head_dim, self.factor_site, self.pairs = head_dim, factor_site, pairs
 
         def precompute(model: nn.Module) -> torch.Tensor:
             return scaled_cache(model, head_dim(model.model_args), cache_fn)
@@ -108,4 +122,5 @@ class MethodAdapter:
         config.check_head_dim(head_dim)
         install(model, config, lambda base: _subclass(base, self.method, self._precompute), self.buffer,
                 self._precompute)
-        return summary(config, head_dim, args, "head_dim", self.factor_site)
+        return summary(config, head_dim, args, "head_dim", self.factor_site) + apply_fused(
+            model, config, self.model_class(), self.pairs)

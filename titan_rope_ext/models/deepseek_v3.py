@@ -34,7 +34,7 @@ from torch import nn
 
 from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.config import RopeScaling
-from titan_rope_ext.models._common import install, scaled_cache, summary
+from titan_rope_ext.models._common import apply_fused, install, scaled_cache, summary
 from titan_rope_ext.scaling import yarn_mscale
 
 
@@ -91,7 +91,8 @@ class DeepSeekV3Adapter:
             layer.attention.softmax_scale = scale
         factor = scale * (args.qk_nope_head_dim + args.qk_rope_head_dim) ** 0.5
         return summary(config, args.qk_rope_head_dim, args, "qk_rope_head_dim",
-                       "in the complex cache") + f", softmax_scale x{factor:.6g}"
+                       "in the complex cache") + f", softmax_scale x{factor:.6g}" + apply_fused(
+            model, config, self.model_class(), pairs=True, single=True)
 
 
 ADAPTER = DeepSeekV3Adapter()

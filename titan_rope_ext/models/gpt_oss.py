@@ -27,4 +27,5 @@ ADAPTER = MethodAdapter(
     head_dim=lambda args: args.head_dim,
     cache_fn=cos_sin_cache,
     factor_site="on cos and sin, replacing the stock YaRN cache",
+    pairs=False,
 )

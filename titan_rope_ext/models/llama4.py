@@ -23,4 +23,5 @@ ADAPTER = MethodAdapter(
     head_dim=lambda args: args.dim // args.n_heads,
     cache_fn=complex_cache,
     factor_site="in the complex cache",
+    pairs=True,
 )

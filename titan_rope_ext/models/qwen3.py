@@ -21,4 +21,5 @@ ADAPTER = MethodAdapter(
     head_dim=lambda args: args.head_dim,
     cache_fn=cos_sin_cache,
     factor_site="on cos and sin",
+    pairs=False,
 )

@@ -1,0 +1,214 @@
+"""Rotary application speed: the fused op against torchtitan's own code and Liger's kernel, one run.
+
+Usage (one GPU; torchtitan 0.2.2 importable; liger-kernel optional)::
+
+    python benchmarks/rope_apply.py [--seqs 8192,32768] [--batch 2] [--out FILE.json] [--sweep]
+
+For q ``(batch, seq, 32, 128)`` and k ``(batch, seq, 8, 128)`` in bf16 (llama3-8B heads) and each
+``--seqs``, times with ``triton.testing.do_bench`` (L2 flushed between runs, median):
+
+* ``copy``: ``dst.copy_(src)`` of as many bytes as q and k together — the bandwidth reference;
+* adjacent pairs (llama3's complex ``freqs_cis``): torchtitan 0.2.2 llama3 ``apply_rotary_emb``
+  eager and under ``torch.compile(fullgraph=True)``, and ``titan_rope.rotary`` (pairs);
+* rotate-half (qwen3's ``[cos | sin]`` cache): torchtitan 0.2.2 qwen3 ``apply_rotary_emb`` eager
+  and compiled, Liger's ``LigerRopeFunction`` (in place, on the ``(batch, heads, seq, dim)`` view it
+  expects), and ``titan_rope.rotary`` (halves).
+
+Forward alone and forward + backward (``torch.autograd.grad`` of a fixed upstream gradient), and
+the op's backward alone (it is the same kernel rotating by the opposite angle). Bandwidth is the
+bytes the op must move (read q, k; write both; the cache reads are not counted) over its time,
+and "% copy" divides it by the copy bandwidth measured in the same run. ``--sweep`` first times
+the fused forward at the first shape for several tile sizes and warp counts (the kernel's
+``_TILE`` / ``_NUM_WARPS``), to check the shipped choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+
+def bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def caches(seq: int, head_dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The complex (llama3) and [cos | sin] (qwen3) caches of the same YaRN frequencies."""
+    from titan_rope_ext import RopeScaling, rope_frequencies
+    from titan_rope_ext.cache import complex_cache, cos_sin_cache
+
+    cfg = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=seq // 4)
+    with torch.device(device):
+        inv_freq, factor = rope_frequencies(cfg, head_dim, 500000.0, seq)
+        return complex_cache(inv_freq, factor, seq), cos_sin_cache(inv_freq, factor, seq)
+
+
+def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
+    """name -> {"fn": (q, k) -> (q_out, k_out), "layout": ...}."""
+    from torchtitan.models.llama3.model import model as llama3
+    from torchtitan.models.qwen3.model import model as qwen3
+
+    from titan_rope_ext.kernels.rotary import rotary
+    from titan_rope_ext.models._fused import cache_views
+
+    head_dim = q.shape[-1]
+    pair_cos, pair_sin = cache_views(freqs_cis, head_dim, pairs=True)
+    half_cos, half_sin = cache_views(rope_cache, head_dim, pairs=False)
+    out = {
+        "llama3 stock eager": {"fn": lambda a, b: llama3.apply_rotary_emb(a, b, freqs_cis), "layout": "pairs"},
+        "llama3 stock compiled": {"fn": torch.compile(lambda a, b: llama3.apply_rotary_emb(a, b, freqs_cis),
+                                                      fullgraph=True), "layout": "pairs"},
+        "fused (pairs)": {"fn": lambda a, b: rotary(a, b, pair_cos, pair_sin, None, True, False), "layout": "pairs",
+                          "bwd": lambda a, b: rotary(a, b, pair_cos, pair_sin, None, True, True)},
+        "qwen3 stock eager": {"fn": lambda a, b: qwen3.apply_rotary_emb(a, b, rope_cache), "layout": "halves"},
+        "qwen3 stock compiled": {"fn": torch.compile(lambda a, b: qwen3.apply_rotary_emb(a, b, rope_cache),
+                                                     fullgraph=True), "layout": "halves"},
+        "fused (halves)": {"fn": lambda a, b: rotary(a, b, half_cos, half_sin, None, False, False),
+                           "layout": "halves",
+                           "bwd": lambda a, b: rotary(a, b, half_cos, half_sin, None, False, True)},
+    }
+    try:
+        from liger_kernel.ops.rope import LigerRopeFunction
+    except ImportError as err:
+        print(f"liger-kernel not importable ({err}); its row is skipped", file=sys.stderr)
+    else:
+        seq = q.shape[1]
+        cos = rope_cache[:seq, :head_dim].to(q.dtype)[None]  # (1, seq, head_dim), as Liger takes them
+        sin = rope_cache[:seq, head_dim:].to(q.dtype)[None]
+
+        def liger(a, b):  # Liger wants (batch, heads, seq, dim); transposing back gives our layout
+            qo, ko = LigerRopeFunction.apply(a.transpose(1, 2), b.transpose(1, 2), cos, sin)
+            return qo.transpose(1, 2), ko.transpose(1, 2)
+
+        out["liger (halves)"] = {"fn": liger, "layout": "halves"}
+    return out
+
+
+def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -> dict:
+    torch.manual_seed(0)
+    q = torch.randn(batch, seq, q_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(batch, seq, k_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    grad_q, grad_k = torch.randn_like(q), torch.randn_like(k)
+    nbytes = 2 * (q.numel() + k.numel()) * q.element_size()  # read q, k and write both
+    src = torch.empty(q.numel() + k.numel(), device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    copy_ms = bench(lambda: dst.copy_(src))
+    copy_gbs = nbytes / copy_ms / 1e6
+    freqs_cis, rope_cache = caches(seq, head_dim, "cuda")
+    rows = {}
+    for name, c in candidates(q, k, freqs_cis, rope_cache).items():
+        fn = c["fn"]
+        qg, kg = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
+
+        def fwd_bwd(fn=fn, qg=qg, kg=kg):
+            qo, ko = fn(qg, kg)
+            torch.autograd.grad((qo, ko), (qg, kg), (grad_q, grad_k))
+
+        fwd_ms = bench(lambda fn=fn: fn(q, k))
+        row = {"layout": c["layout"], "fwd_ms": fwd_ms, "fwd_GBps": nbytes / fwd_ms / 1e6,
+               "fwd_pct_copy": 100 * copy_ms / fwd_ms, "fwd_bwd_ms": bench(fwd_bwd)}
+        if "bwd" in c:
+            bwd_ms = bench(lambda c=c: c["bwd"](grad_q, grad_k))
+            row.update(bwd_ms=bwd_ms, bwd_pct_copy=100 * copy_ms / bwd_ms)
+        rows[name] = row
+    for layout, fused in (("pairs", "fused (pairs)"), ("halves", "fused (halves)")):
+        for name, row in rows.items():
+            if row["layout"] == layout and name != fused:
+                row["fused_speedup_fwd"] = row["fwd_ms"] / rows[fused]["fwd_ms"]
+                row["fused_speedup_fwd_bwd"] = row["fwd_bwd_ms"] / rows[fused]["fwd_bwd_ms"]
+    return {"q": list(q.shape), "k": list(k.shape), "dtype": "bfloat16", "bytes_moved": nbytes,
+            "copy_ms": copy_ms, "copy_GBps": copy_gbs, "limit_ms_at_copy_bandwidth": copy_ms, "rows": rows}
+
+
+def graphed_ms(fn) -> float:
+    """``fn``'s GPU time with the host's launch cost removed: 20 calls captured in a CUDA graph, replayed."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(20):
+            fn()
+    return bench(graph.replay) / 20
+
+
+def sweep(batch: int, seq: int) -> list[dict]:
+    from titan_rope_ext.kernels import rotary as kernel
+
+    q = torch.randn(batch, seq, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(batch, seq, 8, 128, device="cuda", dtype=torch.bfloat16)
+    freqs_cis, rope_cache = caches(seq, 128, "cuda")
+    real = torch.view_as_real(freqs_cis)
+    shipped = kernel._TILE, kernel._NUM_WARPS
+    rows = []
+    try:
+        for tile in (1024, 2048, 4096):
+            for warps in (4, 8):
+                kernel._TILE, kernel._NUM_WARPS = tile, warps
+                for pairs, (cos, sin) in ((True, (real[..., 0], real[..., 1])),
+                                          (False, (rope_cache[:, :64], rope_cache[:, 128:192]))):
+                    ms = bench(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
+                    graphed = graphed_ms(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
+                    rows.append({"tile": tile, "warps": warps, "pairs": pairs, "fwd_ms": ms, "graphed_ms": graphed})
+                    print(f"sweep tile {tile:6} warps {warps} pairs {pairs!s:5} {ms:.4f} ms, in a CUDA graph "
+                          f"{graphed:.4f} ms", flush=True)
+    finally:
+        kernel._TILE, kernel._NUM_WARPS = shipped
+    return rows
+
+
+def table(result: dict) -> str:
+    lines = [f"q {tuple(result['q'])}, k {tuple(result['k'])} bf16: {result['bytes_moved'] / 1e6:.1f} MB moved; "
+             f"copy {result['copy_ms']:.4f} ms = {result['copy_GBps']:.0f} GB/s",
+             f"{'':24} {'fwd ms':>8} {'% copy':>7} {'bwd ms':>8} {'% copy':>7} {'fwd+bwd ms':>10}  fused is x faster (fwd, fwd+bwd)"]
+    for name, r in result["rows"].items():
+        bwd = f"{r['bwd_ms']:8.4f} {r['bwd_pct_copy']:6.1f}%" if "bwd_ms" in r else f"{'':8} {'':7}"
+        speed = (f"{r['fused_speedup_fwd']:.2f}x, {r['fused_speedup_fwd_bwd']:.2f}x"
+                 if "fused_speedup_fwd" in r else "")
+        lines.append(f"{name:24} {r['fwd_ms']:8.4f} {r['fwd_pct_copy']:6.1f}% {bwd} {r['fwd_bwd_ms']:10.4f}  {speed}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seqs", default="8192,32768")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--sweep", action="store_true")
+    opts = parser.parse_args(argv)
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv)}
+    try:
+        import liger_kernel  # noqa: F401
+        from importlib.metadata import version
+
+        report["liger_kernel"] = version("liger-kernel")
+    except ImportError:
+        report["liger_kernel"] = None
+    import triton
+
+    report["triton"] = triton.__version__
+    seqs = [int(s) for s in opts.seqs.split(",")]
+    if opts.sweep:
+        report["sweep"] = sweep(opts.batch, seqs[0])
+    report["shapes"] = []
+    for seq in seqs:
+        result = run_shape(opts.batch, seq, 32, 8, 128)
+        report["shapes"].append(result)
+        print(table(result), flush=True)
+        torch.cuda.empty_cache()
+    if opts.out:
+        with open(opts.out, "w") as handle:
+            json.dump(report, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

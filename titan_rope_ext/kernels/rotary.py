@@ -1,0 +1,219 @@
+"""Fused rotary application: one Triton launch rotates q and k, forward and backward.
+
+The op ``torch.ops.titan_rope.rotary(q, k, cos, sin, positions, pairs, conjugate) -> (q_out, k_out)``
+is a ``torch.library.triton_op`` (``torch.compile(fullgraph=True)`` traces into the kernel) with a
+fake implementation, an autograd formula, and a float32 torch implementation for tensors not on CUDA.
+
+Convention (RoFormer, Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position
+Embedding"): band ``i`` of a head is the pair ``(x0, x1)`` rotated to
+``(x0 * cos - x1 * sin, x1 * cos + x0 * sin)`` with the cache's row for the token's position.
+
+Shapes:
+
+* ``q``: ``(batch, seq, q_heads, head_dim)``, ``k``: ``(batch, seq, k_heads, head_dim)``; any float
+  dtype, any strides with a unit stride in the last dimension; ``k_heads`` may be 0 (one tensor).
+* ``cos``, ``sin``: float32 ``(rows, head_dim // 2)``, any strides: row ``p`` holds
+  ``attention_factor * cos(p * inv_freq[i])`` (and sin). Both torchtitan cache layouts are read in
+  place — the complex ``freqs_cis`` through ``view_as_real`` (``[..., 0]``, ``[..., 1]``), the
+  ``[cos | sin]`` cache through column slices — so a step copies no cache.
+* ``positions``: ``None`` (token ``s`` uses row ``s``) or integer ``(1, seq)`` / ``(batch, seq)``
+  rows (context parallelism, document masking); each must be ``< rows``, as torchtitan's indexing needs.
+* ``pairs``: true for the adjacent-pair layout of llama3, llama4 and deepseek_v3 (band ``i`` is
+  ``x[2i], x[2i+1]``); false for the rotate-half layout of qwen3 and gpt_oss (``x[i], x[i + head_dim/2]``).
+* ``conjugate``: rotate by ``-angle``. The backward is this: the transpose of a rotation scaled by
+  ``a`` is the rotation by the opposite angle scaled by ``a``.
+
+Each output element is computed in float32 and rounded once to the input dtype (torchtitan's
+complex path also computes in float32; its cos/sin path rounds cos and sin to the input dtype first).
+Outputs are new contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+OP = "titan_rope::rotary"
+
+_TILE = 1024
+"""Elements of q or k one program rotates (tokens x heads x head_dim)."""
+
+_NUM_WARPS = 4
+"""Warps per program (benchmarks/rope_apply.py --sweep times other tiles and warp counts)."""
+
+
+@triton.jit
+def _rotate_tile(x_ptr, o_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, h_block, n_heads, sx_b, sx_s, sx_h,
+                 sc_p, sc_i, ss_p, ss_i, CONJ: tl.constexpr, PAIRS: tl.constexpr, HALF: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rotates heads ``h_block * BLOCK_H ...`` of tokens ``t`` (``(BLOCK_T,)``: batch ``b``, sequence
+    index ``s``, cache row ``p``) of x into the contiguous o.
+
+    Element ``d`` of a head becomes ``x[d] * cos[band] + sign * x[partner] * sin[band]``: pairs take
+    ``band = d // 2``, ``partner = d ^ 1``, sign -1 on even ``d``; halves take ``band = d % HALF``,
+    ``partner = (d + HALF) % (2 * HALF)``, sign -1 on the first half. Loads and stores of x and o are
+    whole contiguous head rows; the partner load hits the same cache lines.
+    """
+    h = h_block * BLOCK_H + tl.arange(0, BLOCK_H)
+    d = tl.arange(0, BLOCK_D)
+    if PAIRS:
+        band = d // 2
+        partner = d ^ 1
+        sign = tl.where(d % 2 == 0, -1.0, 1.0)
+    else:
+        band = d % HALF
+        partner = (d + HALF) % (2 * HALF)
+        sign = tl.where(d < HALF, -1.0, 1.0)
+    if CONJ:
+        sign = -sign
+    dmask = d < 2 * HALF
+    cmask = tmask[:, None] & dmask[None, :]
+    cos = tl.load(cos_ptr + p[:, None] * sc_p + band[None, :] * sc_i, mask=cmask, other=0.0)[:, None, :]
+    sin = tl.load(sin_ptr + p[:, None] * ss_p + band[None, :] * ss_i, mask=cmask, other=0.0)[:, None, :]
+    mask = tmask[:, None, None] & (h < n_heads)[None, :, None] & dmask[None, None, :]
+    x_row = (b * sx_b + s * sx_s)[:, None, None] + (h * sx_h)[None, :, None]
+    x = tl.load(x_ptr + x_row + d[None, None, :], mask=mask, other=0.0).to(tl.float32)
+    xp = tl.load(x_ptr + x_row + partner[None, None, :], mask=mask, other=0.0).to(tl.float32)
+    y = x * cos + (sign[None, None, :] * sin) * xp
+    o_row = (t * (n_heads * 2 * HALF))[:, None, None] + (h * (2 * HALF))[None, :, None]
+    tl.store(o_ptr + o_row + d[None, None, :], y.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
+                   n_tokens, seq_len, q_heads, k_heads, q_blocks,
+                   sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_p, sc_i, ss_p, ss_i, sp_b, sp_s,
+                   HAS_POS: tl.constexpr, PAIRS: tl.constexpr, CONJ: tl.constexpr,
+                   HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+    # grid: (token blocks, q head blocks + k head blocks)
+    t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    tmask = t < n_tokens
+    b = t // seq_len
+    s = t % seq_len
+    if HAS_POS:
+        p = tl.load(pos_ptr + b * sp_b + s * sp_s, mask=tmask, other=0).to(tl.int64)
+    else:
+        p = s
+    hb = tl.program_id(1)
+    if hb < q_blocks:
+        _rotate_tile(q_ptr, qo_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, hb, q_heads, sq_b, sq_s, sq_h,
+                     sc_p, sc_i, ss_p, ss_i, CONJ, PAIRS, HALF, BLOCK_D, BLOCK_H)
+    else:
+        _rotate_tile(k_ptr, ko_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, hb - q_blocks, k_heads, sk_b, sk_s,
+                     sk_h, sc_p, sc_i, ss_p, ss_i, CONJ, PAIRS, HALF, BLOCK_D, BLOCK_H)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions) -> None:
+    if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"rotary: q and k must be (batch, seq, heads, head_dim) alike, got {tuple(q.shape)} "
+                         f"and {tuple(k.shape)}")
+    half = q.shape[-1] // 2
+    if q.shape[-1] % 2 or cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != half:
+        raise ValueError(f"rotary: cos and sin must be (rows, head_dim // 2 = {half}), got "
+                         f"{tuple(cos.shape)} and {tuple(sin.shape)}")
+    if positions is None and cos.shape[0] < q.shape[1]:
+        raise ValueError(f"rotary: the cache has {cos.shape[0]} rows for {q.shape[1]} positions")
+    if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
+                                  or positions.shape[1] != q.shape[1]):
+        raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
+                         f"got {tuple(positions.shape)}")
+
+
+def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
+    """``(BLOCK_D, BLOCK_H, BLOCK_T)``: heads per program from the smaller nonzero head count
+    (so k's programs are not mostly masked), tokens to fill ``_TILE`` elements."""
+    block_d = triton.next_power_of_2(max(2, head_dim))
+    heads = min(h for h in (q_heads, k_heads) if h > 0) if q_heads or k_heads else 1
+    block_h = min(triton.next_power_of_2(heads), max(1, _TILE // block_d))
+    block_t = max(1, _TILE // (block_d * block_h))
+    return block_d, block_h, block_t
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           positions: torch.Tensor | None, pairs: bool, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the Triton kernel on these tensors (the op's CUDA body; CPU tensors under TRITON_INTERPRET=1)."""
+    _check(q, k, cos, sin, positions)
+    q, k = _unit_last(q), _unit_last(k)
+    batch, seq, q_heads, head_dim = q.shape
+    k_heads = k.shape[2]
+    qo = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    ko = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    n_tokens = batch * seq
+    if n_tokens == 0:
+        return qo, ko
+    block_d, block_h, block_t = _blocks(head_dim, q_heads, k_heads)
+    q_blocks = triton.cdiv(q_heads, block_h)
+    grid = (triton.cdiv(n_tokens, block_t), q_blocks + triton.cdiv(k_heads, block_h))
+    if positions is None:
+        pos, sp_b, sp_s = q, 0, 0  # unused pointer
+    else:
+        pos, sp_b, sp_s = positions, (positions.stride(0) if positions.shape[0] > 1 else 0), positions.stride(1)
+    wrap_triton(_rotary_kernel)[grid](
+        q, k, qo, ko, cos, sin, pos, n_tokens, seq, q_heads, k_heads, q_blocks,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), sp_b, sp_s,
+        HAS_POS=positions is not None, PAIRS=pairs, CONJ=conjugate, HALF=head_dim // 2,
+        BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=_NUM_WARPS,
+    )
+    return qo, ko
+
+
+@triton_op(OP, mutates_args=())
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           positions: torch.Tensor | None, pairs: bool, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # the device is static under tracing, so compiled graphs on CPU trace the torch implementation
+    if q.device.type != "cuda":
+        return rotary_reference(q, k, cos, sin, positions, pairs, conjugate)
+    return launch(q, k, cos, sin, positions, pairs, conjugate)
+
+
+def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     positions: torch.Tensor | None, pairs: bool, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op in plain torch, float32 math (float64 for float64 inputs) and one rounding: the
+    implementation for tensors not on CUDA and the tests' reference."""
+    _check(q, k, cos, sin, positions)
+    math_dtype = torch.promote_types(q.dtype, torch.float32)
+    rows = torch.arange(q.shape[1], device=q.device)[None] if positions is None else positions
+    c, s = (t.to(math_dtype)[rows][:, :, None, :] for t in (cos, sin))  # (1|batch, seq, 1, half)
+    if conjugate:
+        s = -s
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.to(math_dtype)
+        x0, x1 = (xf[..., 0::2], xf[..., 1::2]) if pairs else xf.chunk(2, dim=-1)
+        y0, y1 = x0 * c - x1 * s, x1 * c + x0 * s
+        y = torch.stack([y0, y1], dim=-1).flatten(-2) if pairs else torch.cat([y0, y1], dim=-1)
+        return y.to(x.dtype).contiguous()
+
+    return rotate(q), rotate(k)
+
+
+@rotary.register_fake
+def _(q, k, cos, sin, positions, pairs, conjugate):
+    _check(q, k, cos, sin, positions)
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, _, cos, sin, positions, pairs, conjugate = inputs
+    ctx.save_for_backward(cos, sin, positions)
+    ctx.pairs, ctx.conjugate = pairs, conjugate
+    ctx.shapes = [(x.shape, x.dtype) for x in inputs[:2]]
+
+
+def _backward(ctx, grad_q, grad_k):
+    cos, sin, positions = ctx.saved_tensors
+    # an output nobody used has no gradient: rotate zeros (shape and dtype of its input)
+    grad_q, grad_k = (g if g is not None else torch.zeros(shape, dtype=dtype, device=cos.device)
+                      for g, (shape, dtype) in zip((grad_q, grad_k), ctx.shapes))
+    dq, dk = rotary(grad_q, grad_k, cos, sin, positions, ctx.pairs, not ctx.conjugate)
+    return dq, dk, None, None, None, None, None
+
+
+rotary.register_autograd(_backward, setup_context=_setup_context)
