@@ -31,6 +31,10 @@ def test_reproduction_pipeline_at_toy_size(tmp_path):
             assert len(result["ppl_by_position"][length]) == 4
             assert set(result["passkey"][length]) == {"0.0", "1.0"}
             assert all(0 <= acc <= 1 for acc in result["passkey"][length].values())
+            # the misses recorded agree with the accuracies (two prompts per length, at most five kept)
+            misses = result["passkey_misses"][length]
+            assert len(misses) == round(sum(1 - acc for acc in result["passkey"][length].values()))
+            assert all(not m["answer"].startswith(m["key"]) and len(m["key"]) == 5 for m in misses)
     assert summary["results"]["yarn"]["rope"].startswith("rope_type=yarn factor=2.0 original_max_position_embeddings=32")
     # the fine-tunes start from the pretrained weights and move on from them
     assert summary["results"]["default"]["sliding_ppl"]["32"] != summary["results"]["pretrained (default, no fine-tune)"]["sliding_ppl"]["32"]

@@ -151,18 +151,22 @@ def evaluate(ev: Evaluator, tokenizer, lengths: list[int], depths: list[float], 
              buckets: int, tokens: int, seed: int, progress=None) -> dict:
     stream = heldout_stream(tokenizer, tokens + max(lengths) + 1, seed)
     rng = random.Random(seed + 1)
-    result: dict = {"lengths": lengths, "depths": depths, "sliding_ppl": {}, "ppl_by_position": {}, "passkey": {}}
+    result: dict = {"lengths": lengths, "depths": depths, "sliding_ppl": {}, "ppl_by_position": {}, "passkey": {},
+                    "passkey_misses": {}}
     for length in lengths:
         result["sliding_ppl"][length] = ev.sliding_ppl(stream, length, min(stride, length), tokens)
         result["ppl_by_position"][length] = ev.ppl_by_position(stream, length, buckets, tokens)
         progress and progress(1)
         result["passkey"][length] = {}
+        misses = result["passkey_misses"][length] = []  # the first few wrong answers, to see how they fail
         for depth in depths:
             hits = 0
             for _ in range(trials):
                 prompt, key = passkey_prompt(tokenizer, length, depth, rng)
                 answer = tokenizer.decode(ev.greedy(prompt, len(key) + 1)).strip()
                 hits += answer.startswith(key)
+                if not answer.startswith(key) and len(misses) < 5:
+                    misses.append({"depth": depth, "key": key, "answer": answer})
                 progress and progress(1)
             result["passkey"][length][depth] = hits / trials
     return result
