@@ -71,7 +71,8 @@ _NOT_LOCAL = object()
 
 def _replicated(t):
     """The local value of a replicated DTensor (torchtitan's TP plans replicate the cache and the
-    positions into attention), ``t`` itself if plain or None; None (cache) / _NOT_LOCAL otherwise."""
+    positions into attention); ``t`` itself if it is a plain tensor or None; ``_NOT_LOCAL`` for a
+    DTensor with any other placement."""
     from torch.distributed.tensor import DTensor, Replicate
 
     if not isinstance(t, DTensor):
