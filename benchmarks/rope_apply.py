@@ -142,19 +142,19 @@ def graphed_ms(fn) -> float:
 
 def sweep(batch: int, seq: int) -> list[dict]:
     from titan_rope_ext.kernels import rotary as kernel
+    from titan_rope_ext.models._fused import cache_views
 
     q = torch.randn(batch, seq, 32, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(batch, seq, 8, 128, device="cuda", dtype=torch.bfloat16)
     freqs_cis, rope_cache = caches(seq, 128, "cuda")
-    real = torch.view_as_real(freqs_cis)
+    layouts = ((True, cache_views(freqs_cis, 128, pairs=True)), (False, cache_views(rope_cache, 128, pairs=False)))
     shipped = kernel._TILE, kernel._NUM_WARPS
     rows = []
     try:
         for tile in (1024, 2048, 4096):
             for warps in (4, 8):
                 kernel._TILE, kernel._NUM_WARPS = tile, warps
-                for pairs, (cos, sin) in ((True, (real[..., 0], real[..., 1])),
-                                          (False, (rope_cache[:, :64], rope_cache[:, 128:192]))):
+                for pairs, (cos, sin) in layouts:
                     ms = bench(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
                     graphed = graphed_ms(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
                     rows.append({"tile": tile, "warps": warps, "pairs": pairs, "fwd_ms": ms, "graphed_ms": graphed})

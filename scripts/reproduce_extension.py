@@ -83,6 +83,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     L, F = opts.short_len, opts.factor
     long_len = int(L * F)
+    finetune_lr = opts.finetune_lr or opts.lr
     lengths = opts.lengths or ",".join(str(L * k) for k in (1, 2, 4, 8))
     # Corpora matched to each stage's window: a document (pass key early, question at the end) fits in L
     # tokens for pretraining and in factor x L for fine-tuning, so the key and its question share a window
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         dump = out / f"ft_{method}"
         flags = method_flags(method, F, L)
         ckpts[method] = (dump / "checkpoint" / f"step-{opts.finetune_steps}", flags)
-        run([*cli, "train", *common, *flags, "--optimizer.lr", str(opts.finetune_lr or opts.lr),
+        run([*cli, "train", *common, *flags, "--optimizer.lr", str(finetune_lr),
              "--job.dump_folder", str(dump), "--training.seq_len", str(long_len),
              "--training.dataset_path", ft_corpus,
              "--training.local_batch_size", str(batch), "--training.steps", str(opts.finetune_steps),
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
 
     summary = {"short_len": L, "factor": F, "pretrain_steps": opts.pretrain_steps,
                "finetune_steps": opts.finetune_steps, "flavor": opts.flavor, "lr": opts.lr,
-               "finetune_lr": opts.finetune_lr or opts.lr, "results": results}
+               "finetune_lr": finetune_lr, "results": results}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     table = markdown(summary)
     (out / "results.md").write_text(table)

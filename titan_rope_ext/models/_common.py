@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from titan_rope_ext.config import rope_frequencies, RopeScaling
+from titan_rope_ext.models._fused import apply_fused
 
 CONFIG_ATTR = "_rope_scaling"
 """Instance attribute holding the converted model's RopeScaling (a plain attribute: never in a state dict)."""
@@ -63,19 +64,6 @@ def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor
         f"{head_dim_name}={head_dim} theta={config.effective_theta(args.rope_theta)} seq_len={args.max_seq_len} "
         f"attention_factor={attention_factor:.6g} ({factor_site})"
     )
-
-
-def apply_fused(model: nn.Module, config: RopeScaling, model_class: type, pairs: bool,
-                single: bool = False) -> str:
-    """With ``apply = "fused"``, gives the ``Attention`` modules (the class defined beside
-    ``model_class``) the fused rotary application; returns the log summary's addition."""
-    if config.apply != "fused":
-        return ""
-    from titan_rope_ext.models._fused import use_fused_apply
-
-    attention = importlib.import_module(model_class.__module__).Attention
-    count = use_fused_apply(model, attention, pairs, single)
-    return f", apply=fused in {count} attention modules (Triton on CUDA, stock elsewhere)"
 
 
 class MethodAdapter:

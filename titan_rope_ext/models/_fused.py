@@ -26,6 +26,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from titan_rope_ext.config import RopeScaling
 
 FUSED_DEVICES = ("cuda",)
 """Device types whose tensors take the fused op; others call the stock function. (The CPU tests add
@@ -54,8 +57,6 @@ def cache_views(cache: torch.Tensor, head_dim: int, pairs: bool) -> tuple[torch.
 def _local(x: torch.Tensor):
     """``(local tensor, rewrap)`` when ``x`` can be rotated shard by shard (plain, or a DTensor sharded
     over batch or heads or replicated); ``None`` otherwise."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
     if not isinstance(x, DTensor):
         return x, lambda y: y
     if not all(isinstance(p, Replicate) or (isinstance(p, Shard) and p.dim in (0, 2)) for p in x.placements):
@@ -73,8 +74,6 @@ def _replicated(t):
     """The local value of a replicated DTensor (torchtitan's TP plans replicate the cache and the
     positions into attention); ``t`` itself if it is a plain tensor or None; ``_NOT_LOCAL`` for a
     DTensor with any other placement."""
-    from torch.distributed.tensor import DTensor, Replicate
-
     if not isinstance(t, DTensor):
         return t
     if all(isinstance(p, Replicate) for p in t.placements):
@@ -141,8 +140,13 @@ def fused_subclass(base: type, pairs: bool, single: bool) -> type:
     return type(f"FusedRope{base.__name__}", (base,), {"forward": fused_forward, "__module__": base.__module__})
 
 
-def use_fused_apply(model: nn.Module, attention: type, pairs: bool, single: bool = False) -> int:
-    """Gives every ``attention`` module of ``model`` the fused subclass; returns how many."""
+def apply_fused(model: nn.Module, config: RopeScaling, model_class: type, pairs: bool,
+                single: bool = False) -> str:
+    """With ``apply = "fused"``, gives every ``Attention`` module of ``model`` (the class defined beside
+    ``model_class``) the fused subclass; returns the converter's log-summary addition ("" otherwise)."""
+    if config.apply != "fused":
+        return ""
+    attention = importlib.import_module(model_class.__module__).Attention
     count = 0
     for module in model.modules():
         if isinstance(module, attention):
@@ -150,4 +154,4 @@ def use_fused_apply(model: nn.Module, attention: type, pairs: bool, single: bool
             count += 1
     if count == 0:
         raise RuntimeError(f"fused rope: {type(model).__name__} has no {attention.__name__} module")
-    return count
+    return f", apply=fused in {count} attention modules (Triton on CUDA, stock elsewhere)"

@@ -34,7 +34,8 @@ from torch import nn
 
 from titan_rope_ext.cache import complex_cache
 from titan_rope_ext.config import RopeScaling
-from titan_rope_ext.models._common import apply_fused, install, scaled_cache, summary
+from titan_rope_ext.models._common import install, scaled_cache, summary
+from titan_rope_ext.models._fused import apply_fused
 from titan_rope_ext.scaling import yarn_mscale
 
 
