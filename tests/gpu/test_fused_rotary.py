@@ -16,7 +16,7 @@ import torch
 from torch.library import opcheck
 
 from titan_rope_ext import RopeScaling
-from titan_rope_ext.kernels.rotary import rotary, rotary_reference
+from titan_rope_ext.kernels.rotary import _plain_eager, rotary, rotary_reference, rotate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -49,10 +49,29 @@ def test_kernel_rounds_the_exact_rotation_once(shape, pairs, dtype, positions):
     for conjugate in (False, True):
         got = rotary(q, k, cos, sin, pos, pairs, conjugate)
         exact = rotary_reference(q.double(), k.double(), cos.double(), sin.double(), pos, pairs, conjugate)
-        for g, e in zip(got, exact):
+        for g, e, eager in zip(got, exact, rotate(q, k, cos, sin, pos, pairs, conjugate)):
             assert g.dtype == dtype and g.is_contiguous()
+            assert torch.equal(eager, g)  # the eager entry launches the same kernel
             if e.numel():
                 assert within_rounding(g, e) <= 1.0
+
+
+@pytest.mark.parametrize("pairs", [True, False])
+def test_eager_entry_has_the_ops_gradient(pairs):
+    """``rotate`` on plain CUDA tensors skips the op's dispatch; forward and backward equal the op's."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 33, 6, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 33, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = cache(40, 64)
+    pos = torch.randint(0, 40, (2, 33), device="cuda")
+    grads = torch.randn_like(q), torch.randn_like(k)
+    assert _plain_eager(q, k)
+    results = []
+    for fn in (rotate, rotary):
+        out = fn(q, k, cos, sin, pos, pairs, False)
+        results.append((*out, *torch.autograd.grad(out, (q, k), grads)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("pairs", [True, False])

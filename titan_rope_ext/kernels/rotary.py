@@ -38,56 +38,58 @@ from torch.library import triton_op, wrap_triton
 OP = "titan_rope::rotary"
 
 _TILE = 1024
-"""Elements of q or k one program rotates (tokens x heads x head_dim)."""
+"""Elements of q or k one program rotates per step (tokens x heads x head_dim)."""
 
 _NUM_WARPS = 4
 """Warps per program (benchmarks/rope_apply.py --sweep times other tiles and warp counts)."""
 
 
 @triton.jit
-def _rotate_tile(x_ptr, o_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, h_block, n_heads, sx_b, sx_s, sx_h,
-                 sc_p, sc_i, ss_p, ss_i, CONJ: tl.constexpr, PAIRS: tl.constexpr, HALF: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr):
+def _rotate_tile(x_ptr, o_ptr, cos, sin, b, s, t, tmask, h_block, n_heads, sx_b, sx_s, sx_h,
+                 PAIRS: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
     """Rotates heads ``h_block * BLOCK_H ...`` of tokens ``t`` (``(BLOCK_T,)``: batch ``b``, sequence
-    index ``s``, cache row ``p``) of x into the contiguous o.
+    index ``s``) of x into the contiguous o, with ``cos`` and ``sin`` ``(BLOCK_T, BLOCK_HALF)`` float32.
 
-    Element ``d`` of a head becomes ``x[d] * cos[band] + sign * x[partner] * sin[band]``: pairs take
-    ``band = d // 2``, ``partner = d ^ 1``, sign -1 on even ``d``; halves take ``band = d % HALF``,
-    ``partner = (d + HALF) % (2 * HALF)``, sign -1 on the first half. Loads and stores of x and o are
-    whole contiguous head rows; the partner load hits the same cache lines.
+    Band ``i`` is ``(x0, x1) -> (x0 * cos - x1 * sin, x1 * cos + x0 * sin)``. Every load and store is
+    of contiguous runs of a head row: pairs load the whole row and split it into even and odd
+    elements in registers (reshape to ``(..., BLOCK_HALF, 2)``), halves load the two half rows.
+    q and k are streamed (read once: evict first; stores bypass L2 retention), the cache rows stay.
     """
     h = h_block * BLOCK_H + tl.arange(0, BLOCK_H)
-    d = tl.arange(0, BLOCK_D)
-    if PAIRS:
-        band = d // 2
-        partner = d ^ 1
-        sign = tl.where(d % 2 == 0, -1.0, 1.0)
-    else:
-        band = d % HALF
-        partner = (d + HALF) % (2 * HALF)
-        sign = tl.where(d < HALF, -1.0, 1.0)
-    if CONJ:
-        sign = -sign
-    dmask = d < 2 * HALF
-    cmask = tmask[:, None] & dmask[None, :]
-    cos = tl.load(cos_ptr + p[:, None] * sc_p + band[None, :] * sc_i, mask=cmask, other=0.0)[:, None, :]
-    sin = tl.load(sin_ptr + p[:, None] * ss_p + band[None, :] * ss_i, mask=cmask, other=0.0)[:, None, :]
-    mask = tmask[:, None, None] & (h < n_heads)[None, :, None] & dmask[None, None, :]
+    rows = tmask[:, None, None] & (h < n_heads)[None, :, None]
     x_row = (b * sx_b + s * sx_s)[:, None, None] + (h * sx_h)[None, :, None]
-    x = tl.load(x_ptr + x_row + d[None, None, :], mask=mask, other=0.0).to(tl.float32)
-    xp = tl.load(x_ptr + x_row + partner[None, None, :], mask=mask, other=0.0).to(tl.float32)
-    y = x * cos + (sign[None, None, :] * sin) * xp
     o_row = (t * (n_heads * 2 * HALF))[:, None, None] + (h * (2 * HALF))[None, :, None]
-    tl.store(o_ptr + o_row + d[None, None, :], y.to(o_ptr.dtype.element_ty), mask=mask)
+    if PAIRS:
+        d = tl.arange(0, 2 * BLOCK_HALF)[None, None, :]
+        mask = rows & (d < 2 * HALF)
+        x = tl.load(x_ptr + x_row + d, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x0, x1 = tl.split(tl.reshape(x, (BLOCK_T, BLOCK_H, BLOCK_HALF, 2)))
+    else:
+        i = tl.arange(0, BLOCK_HALF)[None, None, :]
+        mask = rows & (i < HALF)
+        x0 = tl.load(x_ptr + x_row + i, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        x1 = tl.load(x_ptr + x_row + HALF + i, mask=mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    c = cos[:, None, :]
+    sn = sin[:, None, :]
+    y0 = (x0 * c - x1 * sn).to(o_ptr.dtype.element_ty)
+    y1 = (x1 * c + x0 * sn).to(o_ptr.dtype.element_ty)
+    if PAIRS:
+        y = tl.reshape(tl.join(y0, y1), (BLOCK_T, BLOCK_H, 2 * BLOCK_HALF))
+        tl.store(o_ptr + o_row + d, y, mask=mask, cache_modifier=".cs")
+    else:
+        tl.store(o_ptr + o_row + i, y0, mask=mask, cache_modifier=".cs")
+        tl.store(o_ptr + o_row + HALF + i, y1, mask=mask, cache_modifier=".cs")
 
 
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
-                   n_tokens, seq_len, q_heads, k_heads, q_blocks,
+                   n_tokens, seq_len, q_heads, k_heads,
                    sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_p, sc_i, ss_p, ss_i, sp_b, sp_s,
-                   HAS_POS: tl.constexpr, PAIRS: tl.constexpr, CONJ: tl.constexpr,
-                   HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
-    # grid: (token blocks, q head blocks + k head blocks)
+                   HAS_POS: tl.constexpr, PAIRS: tl.constexpr, CONJ: tl.constexpr, HALF: tl.constexpr,
+                   BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+    # grid: token blocks; a program loads its tokens' cache rows once and rotates all their q and
+    # k heads, BLOCK_H at a time (measured ~3% faster than a program per head block)
     t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
     tmask = t < n_tokens
     b = t // seq_len
@@ -96,13 +98,18 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
         p = tl.load(pos_ptr + b * sp_b + s * sp_s, mask=tmask, other=0).to(tl.int64)
     else:
         p = s
-    hb = tl.program_id(1)
-    if hb < q_blocks:
-        _rotate_tile(q_ptr, qo_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, hb, q_heads, sq_b, sq_s, sq_h,
-                     sc_p, sc_i, ss_p, ss_i, CONJ, PAIRS, HALF, BLOCK_D, BLOCK_H)
-    else:
-        _rotate_tile(k_ptr, ko_ptr, cos_ptr, sin_ptr, p, b, s, t, tmask, hb - q_blocks, k_heads, sk_b, sk_s,
-                     sk_h, sc_p, sc_i, ss_p, ss_i, CONJ, PAIRS, HALF, BLOCK_D, BLOCK_H)
+    i = tl.arange(0, BLOCK_HALF)
+    cmask = tmask[:, None] & (i < HALF)[None, :]
+    cos = tl.load(cos_ptr + p[:, None] * sc_p + i[None, :] * sc_i, mask=cmask, other=0.0, eviction_policy="evict_last")
+    sin = tl.load(sin_ptr + p[:, None] * ss_p + i[None, :] * ss_i, mask=cmask, other=0.0, eviction_policy="evict_last")
+    if CONJ:
+        sin = -sin
+    for hb in range(0, tl.cdiv(q_heads, BLOCK_H)):
+        _rotate_tile(q_ptr, qo_ptr, cos, sin, b, s, t, tmask, hb, q_heads, sq_b, sq_s, sq_h,
+                     PAIRS, HALF, BLOCK_HALF, BLOCK_T, BLOCK_H)
+    for hb in range(0, tl.cdiv(k_heads, BLOCK_H)):
+        _rotate_tile(k_ptr, ko_ptr, cos, sin, b, s, t, tmask, hb, k_heads, sk_b, sk_s, sk_h,
+                     PAIRS, HALF, BLOCK_HALF, BLOCK_T, BLOCK_H)
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -126,40 +133,46 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
 
 def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
-    """``(BLOCK_D, BLOCK_H, BLOCK_T)``: heads per program from the smaller nonzero head count
-    (so k's programs are not mostly masked), tokens to fill ``_TILE`` elements."""
-    block_d = triton.next_power_of_2(max(2, head_dim))
+    """``(BLOCK_HALF, BLOCK_H, BLOCK_T)``: heads per step from the smaller nonzero head count (so
+    k's steps are not mostly masked), tokens to fill ``_TILE`` elements."""
+    block_half = triton.next_power_of_2(max(1, head_dim // 2))
     heads = min(h for h in (q_heads, k_heads) if h > 0) if q_heads or k_heads else 1
-    block_h = min(triton.next_power_of_2(heads), max(1, _TILE // block_d))
-    block_t = max(1, _TILE // (block_d * block_h))
-    return block_d, block_h, block_t
+    block_h = min(triton.next_power_of_2(heads), max(1, _TILE // (2 * block_half)))
+    block_t = max(1, _TILE // (2 * block_half * block_h))
+    return block_half, block_h, block_t
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-           positions: torch.Tensor | None, pairs: bool, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs the Triton kernel on these tensors (the op's CUDA body; CPU tensors under TRITON_INTERPRET=1)."""
+           positions: torch.Tensor | None, pairs: bool, conjugate: bool,
+           traceable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the Triton kernel on these tensors (the op's CUDA body; CPU tensors under TRITON_INTERPRET=1).
+
+    ``traceable``: launch through ``wrap_triton`` (the op body: torch.compile traces the kernel; in
+    eager the op turns the wrapper off). False launches the kernel directly, for callers that know
+    they are not traced (the wrapper's dispatch outside the op costs ~0.3 ms of host time).
+    """
     _check(q, k, cos, sin, positions)
     q, k = _unit_last(q), _unit_last(k)
     batch, seq, q_heads, head_dim = q.shape
     k_heads = k.shape[2]
-    qo = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    ko = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    qo = torch.empty_like(q, memory_format=torch.contiguous_format)
+    ko = torch.empty_like(k, memory_format=torch.contiguous_format)
     n_tokens = batch * seq
     if n_tokens == 0:
         return qo, ko
-    block_d, block_h, block_t = _blocks(head_dim, q_heads, k_heads)
-    q_blocks = triton.cdiv(q_heads, block_h)
-    grid = (triton.cdiv(n_tokens, block_t), q_blocks + triton.cdiv(k_heads, block_h))
+    block_half, block_h, block_t = _blocks(head_dim, q_heads, k_heads)
+    grid = (triton.cdiv(n_tokens, block_t),)
     if positions is None:
         pos, sp_b, sp_s = q, 0, 0  # unused pointer
     else:
         pos, sp_b, sp_s = positions, (positions.stride(0) if positions.shape[0] > 1 else 0), positions.stride(1)
-    wrap_triton(_rotary_kernel)[grid](
-        q, k, qo, ko, cos, sin, pos, n_tokens, seq, q_heads, k_heads, q_blocks,
+    kernel = wrap_triton(_rotary_kernel) if traceable else _rotary_kernel
+    kernel[grid](
+        q, k, qo, ko, cos, sin, pos, n_tokens, seq, q_heads, k_heads,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), sp_b, sp_s,
         HAS_POS=positions is not None, PAIRS=pairs, CONJ=conjugate, HALF=head_dim // 2,
-        BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=_NUM_WARPS,
+        BLOCK_HALF=block_half, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=_NUM_WARPS,
     )
     return qo, ko
 
@@ -212,8 +225,42 @@ def _backward(ctx, grad_q, grad_k):
     # an output nobody used has no gradient: rotate zeros (shape and dtype of its input)
     grad_q, grad_k = (g if g is not None else torch.zeros(shape, dtype=dtype, device=cos.device)
                       for g, (shape, dtype) in zip((grad_q, grad_k), ctx.shapes))
-    dq, dk = rotary(grad_q, grad_k, cos, sin, positions, ctx.pairs, not ctx.conjugate)
+    dq, dk = rotate(grad_q, grad_k, cos, sin, positions, ctx.pairs, not ctx.conjugate)
     return dq, dk, None, None, None, None, None
 
 
 rotary.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerRotary(torch.autograd.Function):
+    """The op's autograd formula around a direct kernel launch, for eager calls (see ``rotate``)."""
+
+    @staticmethod
+    def forward(q, k, cos, sin, positions, pairs, conjugate):
+        return launch(q, k, cos, sin, positions, pairs, conjugate, traceable=False)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+def _plain_eager(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True for plain CUDA tensors outside torch.compile and with no dispatch mode active (fake
+    tensors, make_fx, selective activation checkpointing all take the op)."""
+    return (not torch.compiler.is_compiling() and type(q) is torch.Tensor and type(k) is torch.Tensor
+            and q.is_cuda and not torch._C._len_torch_dispatch_stack())
+
+
+def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           positions: torch.Tensor | None = None, pairs: bool = True,
+           conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.titan_rope.rotary`` with the same arguments and results; the entry point callers use.
+
+    Eager calls on plain CUDA tensors skip the custom op's dispatcher layers and launch the same
+    kernel under the same autograd formula (an ``autograd.Function``): on an H200 host the op's
+    layers cost ~130 us per call without autograd and ~230 us with it, more than the kernel's
+    ~90 us at llama3-8B shapes. Everything else (torch.compile, fake tensors, dispatch modes,
+    other devices) calls the op.
+    """
+    if _plain_eager(q, k):
+        return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
+    return rotary(q, k, cos, sin, positions, pairs, conjugate)

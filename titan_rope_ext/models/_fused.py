@@ -87,7 +87,7 @@ def fused_apply(stock: Callable, pairs: bool, single: bool) -> Callable:
     ``single``: stock rotates one tensor (deepseek_v3's ``(x, freqs_cis, positions)``), else q and k
     (``(xq, xk, cache[, positions])``).
     """
-    from titan_rope_ext.kernels.rotary import rotary
+    from titan_rope_ext.kernels.rotary import rotate
 
     names = list(inspect.signature(stock).parameters)
     n_tensors = 1 if single else 2
@@ -106,7 +106,7 @@ def fused_apply(stock: Callable, pairs: bool, single: bool) -> Callable:
         (q, wrap_q), *rest = locals_
         k, wrap_k = rest[0] if rest else (q.new_empty(*q.shape[:2], 0, q.shape[3]), None)
         cos, sin = cache_views(cache, q.shape[-1], pairs)
-        q_out, k_out = rotary(q, k, cos, sin, positions, pairs, False)
+        q_out, k_out = rotate(q, k, cos, sin, positions, pairs, False)
         return wrap_q(q_out) if single else (wrap_q(q_out), wrap_k(k_out))
 
     apply_rotary_emb.__doc__ = f"Fused drop-in for {stock.__module__}.{stock.__qualname__}."

@@ -149,6 +149,21 @@ for batch, seq, hq, hk, d in [(2, 9, 4, 2, 16), (1, 7, 6, 3, 20), (2, 5, 3, 0, 8
                             bound = 2.0**-7 * r.abs() + 1e-6 * r.abs().max()
                             err = ((g.double() - r).abs() / bound).max().item()
                         out.append([batch, seq, hq, hk, d, pairs, pos, conj, str(dtype), err])
+# the eager entry's autograd.Function: forward = a direct kernel launch (float32 math, so its bound
+# is float32's), backward = its formula (on CPU the op's torch path) against the reference's gradient
+from titan_rope_ext.kernels.rotary import _EagerRotary
+for pairs in (True, False):
+    q = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 5, 1, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = torch.rand(9, 4, dtype=torch.float64), torch.rand(9, 4, dtype=torch.float64)
+    positions = torch.randint(0, 9, (2, 5))
+    up = torch.randn_like(q), torch.randn_like(k)
+    results = []
+    for fn in (_EagerRotary.apply, rotary_reference):
+        outs = fn(q, k, cos, sin, positions, pairs, False)
+        results.append([*outs, *torch.autograd.grad(outs, (q, k), up)])
+    err = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(*results))
+    out.append([2, 5, 3, 1, 8, pairs, "eager entry", False, "torch.float32", err])
 json.dump(out, sys.stdout)
 """
 
@@ -159,7 +174,7 @@ def test_triton_kernel_in_the_cpu_interpreter():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cases = json.loads(proc.stdout)
-    assert len(cases) == 3 * 2 * 3 * 2 * 2 * 2
+    assert len(cases) == 3 * 2 * 3 * 2 * 2 * 2 + 2
     for *case, dtype, err in cases:
         assert err <= (1e-6 if dtype == "torch.float32" else 1.0), (case, dtype, err)
     assert math.isfinite(max(c[-1] for c in cases))
