@@ -9,17 +9,26 @@ For q ``(batch, seq, 32, 128)`` and k ``(batch, seq, 8, 128)`` in bf16 (llama3-8
 
 * ``copy``: ``dst.copy_(src)`` of as many bytes as q and k together — the bandwidth reference;
 * adjacent pairs (llama3's complex ``freqs_cis``): torchtitan 0.2.2 llama3 ``apply_rotary_emb``
-  eager and under ``torch.compile(fullgraph=True)``, and ``titan_rope.rotary`` (pairs);
+  eager and under ``torch.compile(fullgraph=True, dynamic=False)``, and ``titan_rope.rotary`` (pairs);
 * rotate-half (qwen3's ``[cos | sin]`` cache): torchtitan 0.2.2 qwen3 ``apply_rotary_emb`` eager
   and compiled, Liger's ``LigerRopeFunction`` (in place, on the ``(batch, heads, seq, dim)`` view it
   expects), and ``titan_rope.rotary`` (halves).
 
 Forward alone and forward + backward (``torch.autograd.grad`` of a fixed upstream gradient), and
-the op's backward alone (it is the same kernel rotating by the opposite angle). Bandwidth is the
-bytes the op must move (read q, k; write both; the cache reads are not counted) over its time,
-and "% copy" divides it by the copy bandwidth measured in the same run. ``--sweep`` first times
-the fused forward at the first shape for several tile sizes and warp counts (the kernel's
-``_TILE`` / ``_NUM_WARPS``), to check the shipped choice.
+the op's backward alone (it is the same kernel rotating by the opposite angle). The fused rows call
+``titan_rope_ext.kernels.rotary.rotate``, what the model's drop-in calls. Each is timed two ways:
+
+* ``ms``: one call as the host issues it (``do_bench``: L2 flushed, a CUDA event pair around the
+  call), which includes whatever host launch cost exceeds the flush's GPU time;
+* ``gpu ms``: the GPU time alone, 20 calls captured in a CUDA graph and replayed (``graphed_ms``);
+  "n/a" where a candidate cannot be captured.
+
+Bandwidth is the bytes the op must move (read q, k; write both; the cache reads are not counted)
+over its time, and "% copy" divides it by the copy bandwidth of the same run: the faster of the
+copy's two timings (at 1.3 GB the graphed copy was the slower one), for both columns.
+``host us`` is the wall time per call of 500 back-to-back calls on a tiny shape (1, 16, 4|2, 128):
+the launch cost a host-bound step pays. ``--sweep`` first times the fused forward at the first shape
+for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_NUM_WARPS``).
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
     from torchtitan.models.llama3.model import model as llama3
     from torchtitan.models.qwen3.model import model as qwen3
 
-    from titan_rope_ext.kernels.rotary import rotary
+    from titan_rope_ext.kernels.rotary import rotate
     from titan_rope_ext.models._fused import cache_views
 
     head_dim = q.shape[-1]
@@ -62,15 +71,15 @@ def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
     out = {
         "llama3 stock eager": {"fn": lambda a, b: llama3.apply_rotary_emb(a, b, freqs_cis), "layout": "pairs"},
         "llama3 stock compiled": {"fn": torch.compile(lambda a, b: llama3.apply_rotary_emb(a, b, freqs_cis),
-                                                      fullgraph=True), "layout": "pairs"},
-        "fused (pairs)": {"fn": lambda a, b: rotary(a, b, pair_cos, pair_sin, None, True, False), "layout": "pairs",
-                          "bwd": lambda a, b: rotary(a, b, pair_cos, pair_sin, None, True, True)},
+                                                      fullgraph=True, dynamic=False), "layout": "pairs"},
+        "fused (pairs)": {"fn": lambda a, b: rotate(a, b, pair_cos, pair_sin, None, True, False), "layout": "pairs",
+                          "bwd": lambda a, b: rotate(a, b, pair_cos, pair_sin, None, True, True)},
         "qwen3 stock eager": {"fn": lambda a, b: qwen3.apply_rotary_emb(a, b, rope_cache), "layout": "halves"},
         "qwen3 stock compiled": {"fn": torch.compile(lambda a, b: qwen3.apply_rotary_emb(a, b, rope_cache),
-                                                     fullgraph=True), "layout": "halves"},
-        "fused (halves)": {"fn": lambda a, b: rotary(a, b, half_cos, half_sin, None, False, False),
+                                                     fullgraph=True, dynamic=False), "layout": "halves"},
+        "fused (halves)": {"fn": lambda a, b: rotate(a, b, half_cos, half_sin, None, False, False),
                            "layout": "halves",
-                           "bwd": lambda a, b: rotary(a, b, half_cos, half_sin, None, False, True)},
+                           "bwd": lambda a, b: rotate(a, b, half_cos, half_sin, None, False, True)},
     }
     try:
         from liger_kernel.ops.rope import LigerRopeFunction
@@ -89,6 +98,37 @@ def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
     return out
 
 
+def gpu_ms(fn) -> float | None:
+    """``graphed_ms(fn)``, None where ``fn`` cannot be captured in a CUDA graph."""
+    try:
+        return graphed_ms(fn)
+    except Exception as err:  # noqa: BLE001 - a candidate that cannot be graphed gets "n/a"
+        print(f"no CUDA graph: {type(err).__name__}: {str(err)[:200]}", file=sys.stderr)
+        torch.cuda.synchronize()
+        return None
+
+
+def host_us(fn, calls: int = 500) -> float:
+    """Wall time per call of ``calls`` back-to-back calls (then one synchronize), in microseconds."""
+    import time
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def timings(fn, limit_ms: float, prefix: str) -> dict:
+    """``fn``'s two timings and each as a percentage of copy bandwidth (``limit_ms``: its bytes at that)."""
+    ms, gpu = bench(fn), gpu_ms(fn)
+    return {f"{prefix}_ms": ms, f"{prefix}_pct_copy": 100 * limit_ms / ms, f"{prefix}_gpu_ms": gpu,
+            f"{prefix}_gpu_pct_copy": None if gpu is None else 100 * limit_ms / gpu}
+
+
 def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -> dict:
     torch.manual_seed(0)
     q = torch.randn(batch, seq, q_heads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -97,9 +137,12 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
     nbytes = 2 * (q.numel() + k.numel()) * q.element_size()  # read q, k and write both
     src = torch.empty(q.numel() + k.numel(), device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    copy_ms = bench(lambda: dst.copy_(src))
-    copy_gbs = nbytes / copy_ms / 1e6
+    copy_ms, copy_gpu_ms = bench(lambda: dst.copy_(src)), graphed_ms(lambda: dst.copy_(src))
+    reference = min(copy_ms, copy_gpu_ms)  # the faster copy timing is the bandwidth both columns divide by
     freqs_cis, rope_cache = caches(seq, head_dim, "cuda")
+    tiny_q, tiny_k = q[:1, :16, :4].clone(), k[:1, :16, :2].clone()
+    tiny_caches = freqs_cis[:16], rope_cache[:16]
+    tiny = candidates(tiny_q, tiny_k, *tiny_caches)
     rows = {}
     for name, c in candidates(q, k, freqs_cis, rope_cache).items():
         fn = c["fn"]
@@ -109,20 +152,21 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
             qo, ko = fn(qg, kg)
             torch.autograd.grad((qo, ko), (qg, kg), (grad_q, grad_k))
 
-        fwd_ms = bench(lambda fn=fn: fn(q, k))
-        row = {"layout": c["layout"], "fwd_ms": fwd_ms, "fwd_GBps": nbytes / fwd_ms / 1e6,
-               "fwd_pct_copy": 100 * copy_ms / fwd_ms, "fwd_bwd_ms": bench(fwd_bwd)}
+        row = {"layout": c["layout"], "host_us": host_us(lambda: tiny[name]["fn"](tiny_q, tiny_k))}
+        row.update(timings(lambda fn=fn: fn(q, k), reference, "fwd"))
+        row.update(timings(fwd_bwd, 2 * reference, "fwd_bwd"))  # twice the bytes
         if "bwd" in c:
-            bwd_ms = bench(lambda c=c: c["bwd"](grad_q, grad_k))
-            row.update(bwd_ms=bwd_ms, bwd_pct_copy=100 * copy_ms / bwd_ms)
+            row.update(timings(lambda c=c: c["bwd"](grad_q, grad_k), reference, "bwd"))
         rows[name] = row
     for layout, fused in (("pairs", "fused (pairs)"), ("halves", "fused (halves)")):
         for name, row in rows.items():
             if row["layout"] == layout and name != fused:
-                row["fused_speedup_fwd"] = row["fwd_ms"] / rows[fused]["fwd_ms"]
-                row["fused_speedup_fwd_bwd"] = row["fwd_bwd_ms"] / rows[fused]["fwd_bwd_ms"]
+                for key in ("fwd_ms", "fwd_gpu_ms", "fwd_bwd_ms", "fwd_bwd_gpu_ms"):
+                    if row[key] is not None and rows[fused][key] is not None:
+                        row[f"fused_speedup_{key}"] = row[key] / rows[fused][key]
     return {"q": list(q.shape), "k": list(k.shape), "dtype": "bfloat16", "bytes_moved": nbytes,
-            "copy_ms": copy_ms, "copy_GBps": copy_gbs, "limit_ms_at_copy_bandwidth": copy_ms, "rows": rows}
+            "copy_ms": copy_ms, "copy_gpu_ms": copy_gpu_ms, "copy_GBps": nbytes / copy_ms / 1e6,
+            "copy_gpu_GBps": nbytes / copy_gpu_ms / 1e6, "copy_reference_ms": reference, "rows": rows}
 
 
 def graphed_ms(fn) -> float:
@@ -155,8 +199,8 @@ def sweep(batch: int, seq: int) -> list[dict]:
             for warps in (4, 8):
                 kernel._TILE, kernel._NUM_WARPS = tile, warps
                 for pairs, (cos, sin) in layouts:
-                    ms = bench(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
-                    graphed = graphed_ms(lambda: kernel.launch(q, k, cos, sin, None, pairs, False))
+                    ms = bench(lambda: kernel.launch(q, k, cos, sin, None, pairs, False, traceable=False))
+                    graphed = graphed_ms(lambda: kernel.launch(q, k, cos, sin, None, pairs, False, traceable=False))
                     rows.append({"tile": tile, "warps": warps, "pairs": pairs, "fwd_ms": ms, "graphed_ms": graphed})
                     print(f"sweep tile {tile:6} warps {warps} pairs {pairs!s:5} {ms:.4f} ms, in a CUDA graph "
                           f"{graphed:.4f} ms", flush=True)
@@ -166,14 +210,24 @@ def sweep(batch: int, seq: int) -> list[dict]:
 
 
 def table(result: dict) -> str:
+    def cell(row: dict, key: str) -> str:
+        ms, pct = row.get(f"{key}_ms"), row.get(f"{key}_pct_copy")
+        return f"{ms:8.4f} {pct:5.1f}%" if ms is not None else f"{'n/a':>8} {'':6}"
+
     lines = [f"q {tuple(result['q'])}, k {tuple(result['k'])} bf16: {result['bytes_moved'] / 1e6:.1f} MB moved; "
-             f"copy {result['copy_ms']:.4f} ms = {result['copy_GBps']:.0f} GB/s",
-             f"{'':24} {'fwd ms':>8} {'% copy':>7} {'bwd ms':>8} {'% copy':>7} {'fwd+bwd ms':>10}  fused is x faster (fwd, fwd+bwd)"]
+             f"copy {result['copy_ms']:.4f} ms ({result['copy_GBps']:.0f} GB/s), GPU time "
+             f"{result['copy_gpu_ms']:.4f} ms ({result['copy_gpu_GBps']:.0f} GB/s); % copy uses "
+             f"{result['copy_reference_ms']:.4f} ms",
+             f"{'':22} {'host us':>7} | {'fwd ms':>8} {'%copy':>6} {'gpu ms':>8} {'%copy':>6} | "
+             f"{'bwd gpu ms':>10} {'%copy':>6} | {'fwd+bwd ms':>10} {'%copy':>6} {'gpu ms':>8} {'%copy':>6} | "
+             "fused is x faster (fwd, fwd gpu, fwd+bwd, fwd+bwd gpu)"]
     for name, r in result["rows"].items():
-        bwd = f"{r['bwd_ms']:8.4f} {r['bwd_pct_copy']:6.1f}%" if "bwd_ms" in r else f"{'':8} {'':7}"
-        speed = (f"{r['fused_speedup_fwd']:.2f}x, {r['fused_speedup_fwd_bwd']:.2f}x"
-                 if "fused_speedup_fwd" in r else "")
-        lines.append(f"{name:24} {r['fwd_ms']:8.4f} {r['fwd_pct_copy']:6.1f}% {bwd} {r['fwd_bwd_ms']:10.4f}  {speed}")
+        speed = ", ".join(f"{r[k]:.2f}x" if k in r else "n/a" for k in
+                          ("fused_speedup_fwd_ms", "fused_speedup_fwd_gpu_ms", "fused_speedup_fwd_bwd_ms",
+                           "fused_speedup_fwd_bwd_gpu_ms")) if name.startswith(("llama3", "qwen3", "liger")) else ""
+        bwd = cell(r, "bwd_gpu") if "bwd_gpu_ms" in r else f"{'':8} {'':6}"
+        lines.append(f"{name:22} {r['host_us']:7.1f} | {cell(r, 'fwd')} {cell(r, 'fwd_gpu')} |   {bwd} | "
+                     f"  {cell(r, 'fwd_bwd')} {cell(r, 'fwd_bwd_gpu')} | {speed}")
     return "\n".join(lines)
 
 

@@ -255,12 +255,13 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
            conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.titan_rope.rotary`` with the same arguments and results; the entry point callers use.
 
-    Eager calls on plain CUDA tensors skip the custom op's dispatcher layers and launch the same
-    kernel under the same autograd formula (an ``autograd.Function``): on an H200 host the op's
-    layers cost ~130 us per call without autograd and ~230 us with it, more than the kernel's
-    ~90 us at llama3-8B shapes. Everything else (torch.compile, fake tensors, dispatch modes,
-    other devices) calls the op.
+    Eager calls on plain CUDA tensors that need a gradient skip the custom op's dispatcher layers and
+    launch the same kernel under the same autograd formula (an ``autograd.Function``). Host time per
+    call measured on an H200 host (docs/gpu_runs/host_cost_probe_h200.txt): the op 139 us with
+    autograd, this path 115 us; without autograd the op is cheaper (95 us against 110 us), so calls
+    that need no gradient (e.g. the backward's own rotation) take the op. Everything else
+    (torch.compile, fake tensors, dispatch modes, other devices) calls the op as well.
     """
-    if _plain_eager(q, k):
+    if _plain_eager(q, k) and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
         return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
     return rotary(q, k, cos, sin, positions, pairs, conjugate)
