@@ -89,7 +89,8 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
                    HAS_POS: tl.constexpr, PAIRS: tl.constexpr, CONJ: tl.constexpr, HALF: tl.constexpr,
                    BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
     # grid: token blocks; a program loads its tokens' cache rows once and rotates all their q and
-    # k heads, BLOCK_H at a time (measured ~3% faster than a program per head block)
+    # k heads, BLOCK_H at a time (0.086 ms against 0.087-0.089 for a program per head block at
+    # llama3-8B heads, seq 8192, H200: docs/gpu_runs/kernel_dev_probes_h200.txt)
     t = (tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
     tmask = t < n_tokens
     b = t // seq_len
@@ -149,7 +150,8 @@ def launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
     ``traceable``: launch through ``wrap_triton`` (the op body: torch.compile traces the kernel; in
     eager the op turns the wrapper off). False launches the kernel directly, for callers that know
-    they are not traced (the wrapper's dispatch outside the op costs ~0.3 ms of host time).
+    they are not traced (the wrapper's dispatch outside the op cost 0.42 ms of host time per call on
+    an H200 host: docs/gpu_runs/kernel_dev_probes_h200.txt).
     """
     _check(q, k, cos, sin, positions)
     q, k = _unit_last(q), _unit_last(k)
@@ -257,7 +259,7 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
     Eager calls on plain CUDA tensors that need a gradient skip the custom op's dispatcher layers and
     launch the same kernel under the same autograd formula (an ``autograd.Function``). Host time per
-    call measured on an H200 host (docs/gpu_runs/host_cost_probe_h200.txt): the op 139 us with
+    call measured on an H200 host (docs/gpu_runs/kernel_dev_probes_h200.txt): the op 139 us with
     autograd, this path 115 us; without autograd the op is cheaper (95 us against 110 us), so calls
     that need no gradient (e.g. the backward's own rotation) take the op. Everything else
     (torch.compile, fake tensors, dispatch modes, other devices) calls the op as well.
