@@ -16,7 +16,7 @@ import torch
 from torch.library import opcheck
 
 from titan_rope_ext import RopeScaling
-from titan_rope_ext.kernels.rotary import _plain_eager, rotary, rotary_reference, rotate
+from titan_rope_ext.kernels.rotary import _direct_path, rotary, rotary_reference, rotate
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -65,7 +65,7 @@ def test_eager_entry_has_the_ops_gradient(pairs):
     cos, sin = cache(40, 64)
     pos = torch.randint(0, 40, (2, 33), device="cuda")
     grads = torch.randn_like(q), torch.randn_like(k)
-    assert _plain_eager(q, k)
+    assert _direct_path(q, k)
     results = []
     for fn in (rotate, rotary):
         out = fn(q, k, cos, sin, pos, pairs, False)

@@ -3,6 +3,7 @@
 The op ``torch.ops.titan_rope.rotary(q, k, cos, sin, positions, pairs, conjugate) -> (q_out, k_out)``
 is a ``torch.library.triton_op`` (``torch.compile(fullgraph=True)`` traces into the kernel) with a
 fake implementation, an autograd formula, and a float32 torch implementation for tensors not on CUDA.
+Callers use ``rotate`` (same arguments), which in eager training calls launches the kernel directly.
 
 Convention (RoFormer, Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position
 Embedding"): band ``i`` of a head is the pair ``(x0, x1)`` rotated to
@@ -245,11 +246,13 @@ class _EagerRotary(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _plain_eager(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True for plain CUDA tensors outside torch.compile and with no dispatch mode active (fake
-    tensors, make_fx, selective activation checkpointing all take the op)."""
+def _direct_path(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """True where ``rotate`` launches the kernel itself: plain CUDA tensors that need a gradient,
+    outside torch.compile and with no dispatch mode active (fake tensors, make_fx, selective
+    activation checkpointing all take the op)."""
     return (not torch.compiler.is_compiling() and type(q) is torch.Tensor and type(k) is torch.Tensor
-            and q.is_cuda and not torch._C._len_torch_dispatch_stack())
+            and q.is_cuda and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+            and not torch._C._len_torch_dispatch_stack())
 
 
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -264,6 +267,6 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     that need no gradient (e.g. the backward's own rotation) take the op. Everything else
     (torch.compile, fake tensors, dispatch modes, other devices) calls the op as well.
     """
-    if _plain_eager(q, k) and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+    if _direct_path(q, k):
         return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
     return rotary(q, k, cos, sin, positions, pairs, conjugate)
