@@ -3,7 +3,7 @@
 The op ``torch.ops.titan_rope.rotary(q, k, cos, sin, positions, pairs, conjugate) -> (q_out, k_out)``
 is a ``torch.library.triton_op`` (``torch.compile(fullgraph=True)`` traces into the kernel) with a
 fake implementation, an autograd formula, and a float32 torch implementation for tensors not on CUDA.
-Callers use ``rotate`` (same arguments), which in eager training calls launches the kernel directly.
+Callers use ``rotate`` (same arguments), which launches the kernel directly in eager calls on CUDA.
 
 Convention (RoFormer, Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position
 Embedding"): band ``i`` of a head is the pair ``(x0, x1)`` rotated to
@@ -247,12 +247,11 @@ class _EagerRotary(torch.autograd.Function):
 
 
 def _direct_path(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where ``rotate`` launches the kernel itself: plain CUDA tensors that need a gradient,
-    outside torch.compile and with no dispatch mode active (fake tensors, make_fx, selective
-    activation checkpointing all take the op)."""
+    """True where ``rotate`` launches the kernel itself: plain CUDA tensors outside torch.compile and
+    with no dispatch mode active (fake tensors, make_fx, selective activation checkpointing all take
+    the op)."""
     return (not torch.compiler.is_compiling() and type(q) is torch.Tensor and type(k) is torch.Tensor
-            and q.is_cuda and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
-            and not torch._C._len_torch_dispatch_stack())
+            and q.is_cuda and not torch._C._len_torch_dispatch_stack())
 
 
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -260,13 +259,15 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
            conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.ops.titan_rope.rotary`` with the same arguments and results; the entry point callers use.
 
-    Eager calls on plain CUDA tensors that need a gradient skip the custom op's dispatcher layers and
-    launch the same kernel under the same autograd formula (an ``autograd.Function``). Host time per
-    call measured on an H200 host (docs/gpu_runs/kernel_dev_probes_h200.txt): the op 139 us with
-    autograd, this path 115 us; without autograd the op is cheaper (95 us against 110 us), so calls
-    that need no gradient (e.g. the backward's own rotation) take the op. Everything else
-    (torch.compile, fake tensors, dispatch modes, other devices) calls the op as well.
+    Eager calls on plain CUDA tensors skip the custom op's dispatcher layers and launch the kernel
+    directly: under the op's autograd formula (an ``autograd.Function``) when q or k needs a
+    gradient, bare otherwise (the backward's own rotation, inference). Host time per call measured on
+    an H200 host (docs/gpu_runs/kernel_dev_probes_h200.txt): the op 139 us with autograd, the
+    ``autograd.Function`` 115 us; without autograd the op costs 95 us and a bare launch 53 us.
+    Everything else (torch.compile, fake tensors, dispatch modes, other devices) calls the op.
     """
     if _direct_path(q, k):
-        return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
+        return launch(q, k, cos, sin, positions, pairs, conjugate, traceable=False)
     return rotary(q, k, cos, sin, positions, pairs, conjugate)
