@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Real torchtitan training runs with [rope_scaling] apply = "fused" against apply = "torchtitan"
-# (the same job otherwise), through torchtitan's own entry point, on 1-2 GPUs:
+# (the same job otherwise), through torchtitan's own entry point, on 1, 2 or 4 GPUs:
 #   llama3 (adjacent pairs):  1 GPU + compile, FSDP2 over 2 GPUs, TP 2 (+ compile), AC full
 #   qwen3 (rotate-half):      FSDP2 over 2 GPUs + compile
 #   deepseek_v3 (pairs, one tensor per call, DTensor q/k under TP): TP 2
-#   gpt_oss (rotate-half, DTensor q/k under TP): TP 2 (non-deterministic: stock gpt_oss NaNs with it)
-# Prints per pair the largest loss difference over the steps and both last losses.
+#   gpt_oss (rotate-half, DTensor q/k under TP): TP 2 x FSDP 2 on 4 GPUs (non-deterministic: stock
+#     gpt_oss NaNs with it). Not TP alone: torchtitan 0.2.2 runs TP without FSDP/CP in float32
+#     (no autocast) while gpt_oss builds its blocks in bf16, so stock fails ("mat1 and mat2 must have
+#     the same dtype"), as both runs did on an H200 x2 host.
+# Prints per pair the largest loss difference over the steps and both last losses, and per run how
+# many files of its own (fresh) Triton and Inductor caches name the fused kernel: > 0 shows the
+# kernel was compiled in that run (eager launch or inside a compiled graph), 0 that it never ran.
 # Usage: OUT=outputs/gpu_fused_runs STEPS=20 bash scripts/gpu_fused_runs.sh   (torchtitan 0.2.2 importable)
 #   ONLY="llama3_tp2 qwen3_fsdp2" limits the runs.
 set -u
@@ -20,10 +25,13 @@ pair() {  # name ngpu config args...: one run per apply value
   local name=$1 ngpu=$2 config=$3; shift 3
   [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
   for apply in torchtitan fused; do
-    timeout "${RUN_TIMEOUT:-240}" python -m torch.distributed.run --standalone --nproc-per-node "$ngpu" \
+    local caches="$tmp/$name-$apply-caches"
+    TRITON_CACHE_DIR="$caches/triton" TORCHINDUCTOR_CACHE_DIR="$caches/inductor" \
+      timeout "${RUN_TIMEOUT:-240}" python -m torch.distributed.run --standalone --nproc-per-node "$ngpu" \
       -m torchtitan.train --job.config_file "$config" --job.dump_folder "$tmp/$name-$apply" "${common[@]}" \
       --rope_scaling.apply "$apply" "$@" > "$OUT/$name-$apply.log" 2>&1
-    echo "$name-$apply rc=$?"
+    local rc=$?
+    echo "$name-$apply rc=$rc, files naming _rotary_kernel in its Triton/Inductor caches: $(grep -rl _rotary_kernel "$caches" 2>/dev/null | wc -l)"
   done
   python - "$OUT/$name-torchtitan.log" "$OUT/$name-fused.log" "$name" <<'EOF'
 import re, sys
@@ -48,4 +56,5 @@ pair llama3_tp2_compile 2 configs/llama3_debug_yarn.toml "${TP2[@]}" --compile.e
 pair llama3_ac_full 1 configs/llama3_debug_yarn.toml --activation_checkpoint.mode full --debug.deterministic
 pair qwen3_fsdp2_compile 2 configs/qwen3_debug_yarn.toml "${FSDP2[@]}" --compile.enable --debug.deterministic
 pair deepseek_v3_tp2 2 configs/deepseek_v3_debug_yarn.toml "${TP2[@]}" --debug.deterministic
-pair gpt_oss_tp2 2 configs/gpt_oss_debug_yarn.toml "${TP2[@]}"
+pair gpt_oss_tp2_fsdp2 4 configs/gpt_oss_debug_yarn.toml --parallelism.tensor_parallel_degree 2 \
+  --parallelism.data_parallel_shard_degree 2
