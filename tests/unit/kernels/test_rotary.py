@@ -178,3 +178,40 @@ def test_triton_kernel_in_the_cpu_interpreter():
     for *case, dtype, err in cases:
         assert err <= (1e-6 if dtype == "torch.float32" else 1.0), (case, dtype, err)
     assert math.isfinite(max(c[-1] for c in cases))
+
+
+def test_rotate_routes_eager_calls_by_gradient(monkeypatch):
+    """Where ``rotate`` launches the kernel itself: inside the autograd.Function when q or k needs a
+    gradient, bare otherwise (also the backward's own rotation); elsewhere it calls the op."""
+    from titan_rope_ext.kernels import rotary as kernel
+
+    calls = []
+
+    def fake_launch(q, k, cos, sin, positions, pairs, conjugate, traceable=True):
+        calls.append(("launch", traceable))
+        return rotary_reference(q, k, cos, sin, positions, pairs, conjugate)
+
+    function = kernel._EagerRotary
+
+    class Recorded(function):
+        @staticmethod
+        def forward(*args):
+            calls.append("function")
+            return function.forward(*args)
+
+    monkeypatch.setattr(kernel, "launch", fake_launch)
+    monkeypatch.setattr(kernel, "_EagerRotary", Recorded)
+    monkeypatch.setattr(kernel, "_direct_path", lambda q, k: True)
+    _, cos, sin = cache()
+    q, k = inputs()
+    kernel.rotate(q, k, cos, sin)
+    assert calls == [("launch", False)]
+    qg = q.clone().requires_grad_()
+    out = kernel.rotate(qg, k, cos, sin)
+    assert calls[1:] == ["function", ("launch", False)] and out[0].grad_fn is not None
+    out[0].sum().backward()  # the backward's rotation needs no gradient: a bare launch
+    assert calls[3:] == [("launch", False)]
+    torch.testing.assert_close(qg.grad, rotary_reference(torch.ones_like(q), k, cos, sin, None, True, True)[0])
+    monkeypatch.setattr(kernel, "_direct_path", lambda q, k: False)
+    kernel.rotate(q, k, cos, sin)  # the op: on CPU its torch implementation, no launch
+    assert len(calls) == 4
