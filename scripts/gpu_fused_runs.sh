@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real torchtitan training runs with [rope_scaling] apply = "fused" against apply = "torchtitan"
 # (the same job otherwise), through torchtitan's own entry point, on 1, 2 or 4 GPUs:
-#   llama3 (adjacent pairs):  1 GPU + compile, FSDP2 over 2 GPUs, TP 2 (+ compile), AC full
+#   llama3 (adjacent pairs):  1 GPU + compile, FSDP2 over 2 GPUs, TP 2 (+ compile), AC full,
+#                             CP 2 (its cache sharded along the sequence; flash SDPA, so not deterministic)
 #   qwen3 (rotate-half):      FSDP2 over 2 GPUs + compile
 #   deepseek_v3 (pairs, one tensor per call, DTensor q/k under TP): TP 2
 #   gpt_oss (rotate-half, DTensor q/k under TP): TP 2 x FSDP 2 on 4 GPUs (non-deterministic: stock
@@ -54,6 +55,8 @@ pair llama3_compile 1 configs/llama3_debug_yarn.toml --compile.enable --debug.de
 pair llama3_fsdp2 2 configs/llama3_debug_yarn.toml "${FSDP2[@]}" --debug.deterministic
 pair llama3_tp2_compile 2 configs/llama3_debug_yarn.toml "${TP2[@]}" --compile.enable --debug.deterministic
 pair llama3_ac_full 1 configs/llama3_debug_yarn.toml --activation_checkpoint.mode full --debug.deterministic
+pair llama3_cp2 2 configs/llama3_debug_yarn.toml --parallelism.context_parallel_degree 2 \
+  --parallelism.data_parallel_shard_degree 1
 pair qwen3_fsdp2_compile 2 configs/qwen3_debug_yarn.toml "${FSDP2[@]}" --compile.enable --debug.deterministic
 pair deepseek_v3_tp2 2 configs/deepseek_v3_debug_yarn.toml "${TP2[@]}" --debug.deterministic
 pair gpt_oss_tp2_fsdp2 4 configs/gpt_oss_debug_yarn.toml --parallelism.tensor_parallel_degree 2 \
