@@ -74,6 +74,19 @@ def test_eager_entry_has_the_ops_gradient(pairs):
         assert torch.equal(a, b)
 
 
+def test_functorch_transforms_take_the_op():
+    """Tensors inside vmap look like plain CUDA tensors; the eager entry must not launch on them."""
+    q = torch.randn(3, 1, 4, 2, 64, device="cuda")
+    seen = []
+
+    def probe(x):
+        seen.append(_direct_path(x, x))
+        return x
+
+    torch.func.vmap(probe)(q)
+    assert seen == [False] and _direct_path(q[0], q[0])
+
+
 @pytest.mark.parametrize("pairs", [True, False])
 def test_opcheck_on_cuda(pairs):
     q = torch.randn(2, 64, 4, 64, device="cuda", requires_grad=True)

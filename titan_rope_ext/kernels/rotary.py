@@ -31,6 +31,8 @@ Outputs are new contiguous tensors.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -137,10 +139,16 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
     """``(BLOCK_HALF, BLOCK_H, BLOCK_T)``: heads per step from the smaller nonzero head count (so
     k's steps are not mostly masked), tokens to fill ``_TILE`` elements."""
+    return _blocks_for(head_dim, q_heads, k_heads, _TILE)
+
+
+@functools.lru_cache(maxsize=256)
+def _blocks_for(head_dim: int, q_heads: int, k_heads: int, tile: int) -> tuple[int, int, int]:
+    # cached: a model has a handful of shapes, and this costs ~7 us of host time per call uncached
     block_half = triton.next_power_of_2(max(1, head_dim // 2))
     heads = min(h for h in (q_heads, k_heads) if h > 0) if q_heads or k_heads else 1
-    block_h = min(triton.next_power_of_2(heads), max(1, _TILE // (2 * block_half)))
-    block_t = max(1, _TILE // (2 * block_half * block_h))
+    block_h = min(triton.next_power_of_2(heads), max(1, tile // (2 * block_half)))
+    block_t = max(1, tile // (2 * block_half * block_h))
     return block_half, block_h, block_t
 
 
@@ -236,22 +244,29 @@ rotary.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _EagerRotary(torch.autograd.Function):
-    """The op's autograd formula around a direct kernel launch, for eager calls (see ``rotate``)."""
+    """The op's autograd formula around a direct kernel launch, for eager calls (see ``rotate``).
+
+    ``forward`` takes ``ctx`` (no separate ``setup_context``): ``Function.apply`` binds the arguments
+    through ``inspect.signature`` on every call of a class that defines ``setup_context``, which cost
+    ~70 us per call on the CI machine's CPU. That style is what functorch transforms need, and
+    ``_direct_path`` keeps their calls on the op.
+    """
 
     @staticmethod
-    def forward(q, k, cos, sin, positions, pairs, conjugate):
+    def forward(ctx, q, k, cos, sin, positions, pairs, conjugate):
+        _setup_context(ctx, (q, k, cos, sin, positions, pairs, conjugate), None)
         return launch(q, k, cos, sin, positions, pairs, conjugate, traceable=False)
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
 
 def _direct_path(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True where ``rotate`` launches the kernel itself: plain CUDA tensors outside torch.compile and
-    with no dispatch mode active (fake tensors, make_fx, selective activation checkpointing all take
-    the op)."""
+    """True where ``rotate`` launches the kernel itself: plain CUDA tensors outside torch.compile, with
+    no dispatch mode active (fake tensors, make_fx, selective activation checkpointing all take the
+    op) and no functorch transform (vmap, grad: their wrapped tensors look like plain ones)."""
     return (not torch.compiler.is_compiling() and type(q) is torch.Tensor and type(k) is torch.Tensor
-            and q.is_cuda and not torch._C._len_torch_dispatch_stack())
+            and q.is_cuda and not torch._C._len_torch_dispatch_stack()
+            and not torch._C._are_functorch_transforms_active())
 
 
 def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
