@@ -138,8 +138,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
 def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
     """``(BLOCK_HALF, BLOCK_H, BLOCK_T)``: heads per step from the smaller nonzero head count (so
-    k's steps are not mostly masked), tokens to fill ``_TILE`` elements."""
-    return _blocks_for(head_dim, q_heads, k_heads, _TILE)
+    k's steps are not mostly masked), tokens to fill ``_TILE`` elements. The sizes are the kernel's
+    compile-time constants, so symbolic ones (a dynamic-shape trace of the op's body) are specialized
+    to their values here: the cache cannot hash them, and sympy took minutes over the division."""
+    return _blocks_for(int(head_dim), int(q_heads), int(k_heads), _TILE)
 
 
 @functools.lru_cache(maxsize=256)

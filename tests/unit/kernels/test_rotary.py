@@ -215,3 +215,21 @@ def test_rotate_routes_eager_calls_by_gradient(monkeypatch):
     monkeypatch.setattr(kernel, "_direct_path", lambda q, k: False)
     kernel.rotate(q, k, cos, sin)  # the op: on CPU its torch implementation, no launch
     assert len(calls) == 4
+
+
+def test_block_sizes_of_symbolic_shapes():
+    """The op's CUDA body runs on symbolic sizes under dynamic-shape tracing (opcheck's
+    aot_dispatch_dynamic, torch.compile(dynamic=True)): the block sizes specialize them to their values
+    (the per-shape cache cannot hash a SymInt; opcheck on CUDA failed so)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from titan_rope_ext.kernels.rotary import _blocks
+
+    seen = []
+
+    def body(q, k):
+        seen.append(_blocks(q.shape[-1], q.shape[-2], k.shape[-2]))
+        return q
+
+    make_fx(body, tracing_mode="symbolic")(torch.zeros(1, 3, 32, 128), torch.zeros(1, 3, 8, 128))
+    assert [tuple(int(v) for v in b) for b in seen] == [_blocks(128, 32, 8)] == [(64, 8, 1)]
