@@ -27,7 +27,8 @@ Bandwidth is the bytes the op must move (read q, k; write both; the cache reads 
 over its time, and "% copy" divides it by the copy bandwidth of the same run: the faster of the
 copy's two timings (at 1.3 GB the graphed copy was the slower one), for both columns.
 ``host us`` is the wall time per call of 500 back-to-back calls on a tiny shape (1, 16, 4|2, 128):
-the launch cost a host-bound step pays. ``--sweep`` first times the fused forward at the first shape
+the launch cost a host-bound step pays; ``+bwd`` the same for forward and backward through
+``torch.autograd.grad`` (q and k need gradients). ``--sweep`` first times the fused forward at the first shape
 for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_NUM_WARPS``).
 """
 
@@ -143,6 +144,8 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
     tiny_q, tiny_k = q[:1, :16, :4].clone(), k[:1, :16, :2].clone()
     tiny_caches = freqs_cis[:16], rope_cache[:16]
     tiny = candidates(tiny_q, tiny_k, *tiny_caches)
+    tiny_qg, tiny_kg = tiny_q.clone().requires_grad_(), tiny_k.clone().requires_grad_()
+    tiny_grads = torch.randn_like(tiny_q), torch.randn_like(tiny_k)
     rows = {}
     for name, c in candidates(q, k, freqs_cis, rope_cache).items():
         fn = c["fn"]
@@ -152,7 +155,13 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
             qo, ko = fn(qg, kg)
             torch.autograd.grad((qo, ko), (qg, kg), (grad_q, grad_k))
 
-        row = {"layout": c["layout"], "host_us": host_us(lambda: tiny[name]["fn"](tiny_q, tiny_k))}
+        tiny_fn = tiny[name]["fn"]
+
+        def tiny_fwd_bwd(fn=tiny_fn):
+            torch.autograd.grad(fn(tiny_qg, tiny_kg), (tiny_qg, tiny_kg), tiny_grads)
+
+        row = {"layout": c["layout"], "host_us": host_us(lambda fn=tiny_fn: fn(tiny_q, tiny_k)),
+               "host_fwd_bwd_us": host_us(tiny_fwd_bwd)}
         row.update(timings(lambda fn=fn: fn(q, k), reference, "fwd"))
         row.update(timings(fwd_bwd, 2 * reference, "fwd_bwd"))  # twice the bytes
         if "bwd" in c:
@@ -218,7 +227,7 @@ def table(result: dict) -> str:
              f"copy {result['copy_ms']:.4f} ms ({result['copy_GBps']:.0f} GB/s), GPU time "
              f"{result['copy_gpu_ms']:.4f} ms ({result['copy_gpu_GBps']:.0f} GB/s); % copy uses "
              f"{result['copy_reference_ms']:.4f} ms",
-             f"{'':22} {'host us':>7} | {'fwd ms':>8} {'%copy':>6} {'gpu ms':>8} {'%copy':>6} | "
+             f"{'':22} {'host us':>7} {'+bwd':>6} | {'fwd ms':>8} {'%copy':>6} {'gpu ms':>8} {'%copy':>6} | "
              f"{'bwd gpu ms':>10} {'%copy':>6} | {'fwd+bwd ms':>10} {'%copy':>6} {'gpu ms':>8} {'%copy':>6} | "
              "fused is x faster (fwd, fwd gpu, fwd+bwd, fwd+bwd gpu)"]
     for name, r in result["rows"].items():
@@ -226,7 +235,7 @@ def table(result: dict) -> str:
                           ("fused_speedup_fwd_ms", "fused_speedup_fwd_gpu_ms", "fused_speedup_fwd_bwd_ms",
                            "fused_speedup_fwd_bwd_gpu_ms")) if name.startswith(("llama3", "qwen3", "liger")) else ""
         bwd = cell(r, "bwd_gpu") if "bwd_gpu_ms" in r else f"{'':8} {'':6}"
-        lines.append(f"{name:22} {r['host_us']:7.1f} | {cell(r, 'fwd')} {cell(r, 'fwd_gpu')} |   {bwd} | "
+        lines.append(f"{name:22} {r['host_us']:7.1f} {r['host_fwd_bwd_us']:6.0f} | {cell(r, 'fwd')} {cell(r, 'fwd_gpu')} |   {bwd} | "
                      f"  {cell(r, 'fwd_bwd')} {cell(r, 'fwd_bwd_gpu')} | {speed}")
     return "\n".join(lines)
 
