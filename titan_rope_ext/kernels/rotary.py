@@ -146,7 +146,7 @@ def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _blocks_for(head_dim: int, q_heads: int, k_heads: int, tile: int) -> tuple[int, int, int]:
-    # cached: a model has a handful of shapes, and this costs ~7 us of host time per call uncached
+    # cached: a model has a handful of shapes, and uncached this cost 13 us per call on the CI machine's CPU
     block_half = triton.next_power_of_2(max(1, head_dim // 2))
     heads = min(h for h in (q_heads, k_heads) if h > 0) if q_heads or k_heads else 1
     block_h = min(triton.next_power_of_2(heads), max(1, tile // (2 * block_half)))
@@ -249,8 +249,8 @@ class _EagerRotary(torch.autograd.Function):
     """The op's autograd formula around a direct kernel launch, for eager calls (see ``rotate``).
 
     ``forward`` takes ``ctx`` (no separate ``setup_context``): ``Function.apply`` binds the arguments
-    through ``inspect.signature`` on every call of a class that defines ``setup_context``, which cost
-    ~70 us per call on the CI machine's CPU. That style is what functorch transforms need, and
+    through ``inspect.signature`` on every call of a class that defines ``setup_context`` (150 against
+    73 us per call on the CI machine's CPU). That style is what functorch transforms need, and
     ``_direct_path`` keeps their calls on the op.
     """
 
@@ -278,10 +278,12 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
     Eager calls on plain CUDA tensors skip the custom op's dispatcher layers and launch the kernel
     directly: under the op's autograd formula (an ``autograd.Function``) when q or k needs a
-    gradient, bare otherwise (the backward's own rotation, inference). Host time per call measured on
-    an H200 host (docs/gpu_runs/kernel_dev_probes_h200.txt): the op 139 us with autograd, the
-    ``autograd.Function`` 115 us; without autograd the op costs 95 us and a bare launch 53 us.
-    Everything else (torch.compile, fake tensors, dispatch modes, other devices) calls the op.
+    gradient, bare otherwise (the backward's own rotation, inference). Host time per call on an H200
+    host (docs/gpu_runs/kernel_dev_probes_h200.txt, before the cuts in ``_EagerRotary`` and
+    ``_blocks``): the op 139 us with autograd, the ``autograd.Function`` 115 us; without autograd the
+    op 95 us, a bare launch 53 us (benchmarks/rope_apply.py's host columns give the current figures).
+    Everything else (torch.compile, fake tensors, dispatch modes, functorch transforms, other devices)
+    calls the op.
     """
     if _direct_path(q, k):
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
