@@ -28,8 +28,8 @@ over its time, and "% copy" divides it by the copy bandwidth of the same run: th
 copy's two timings (at 1.3 GB the graphed copy was the slower one), for both columns.
 ``host us`` is the wall time per call of 500 back-to-back calls on a tiny shape (1, 16, 4|2, 128):
 the launch cost a host-bound step pays; ``+bwd`` the same for forward and backward through
-``torch.autograd.grad`` (q and k need gradients). ``--sweep`` first times the fused forward at the first shape
-for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_NUM_WARPS``).
+``torch.autograd.grad`` (q and k need gradients). ``--sweep`` first times the fused forward at the
+first shape for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_NUM_WARPS``).
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ def table(result: dict) -> str:
                           ("fused_speedup_fwd_ms", "fused_speedup_fwd_gpu_ms", "fused_speedup_fwd_bwd_ms",
                            "fused_speedup_fwd_bwd_gpu_ms")) if name.startswith(("llama3", "qwen3", "liger")) else ""
         bwd = cell(r, "bwd_gpu") if "bwd_gpu_ms" in r else f"{'':8} {'':6}"
-        lines.append(f"{name:22} {r['host_us']:7.1f} {r['host_fwd_bwd_us']:6.0f} | {cell(r, 'fwd')} {cell(r, 'fwd_gpu')} |   {bwd} | "
-                     f"  {cell(r, 'fwd_bwd')} {cell(r, 'fwd_bwd_gpu')} | {speed}")
+        lines.append(f"{name:22} {r['host_us']:7.1f} {r['host_fwd_bwd_us']:6.0f} | {cell(r, 'fwd')} "
+                     f"{cell(r, 'fwd_gpu')} |   {bwd} |   {cell(r, 'fwd_bwd')} {cell(r, 'fwd_bwd_gpu')} | {speed}")
     return "\n".join(lines)
 
 
