@@ -1,10 +1,12 @@
-"""titan_rope_ext: RoPE context extension for torchtitan 0.2.x as a model converter.
+"""titan_rope_ext: RoPE context extension for torchtitan.
 
 Public API::
 
     from titan_rope_ext import RopeScaling, rope_frequencies
 
-Importing the package registers the ``rope_scaling`` model converter with torchtitan
+The core (the section dataclass, the math, HF reading, cache layouts) imports no torchtitan, so
+the package imports with torchtitan 0.2.x, 0.3.x or none installed. With torchtitan 0.2.x,
+importing the package also registers the ``rope_scaling`` model converter
 (``[experimental] custom_import = "titan_rope_ext"`` works for that reason); the
 ``[rope_scaling]`` TOML section comes from ``titan_rope_ext.job_config``.
 """
@@ -24,4 +26,7 @@ from titan_rope_ext.scaling import ROPE_FUNCTIONS
 __all__ = ["RopeScaling", "rope_frequencies", "ROPE_FUNCTIONS", "ROPE_TYPES"]
 __version__ = "0.1.0"
 
-import titan_rope_ext.converter  # noqa: E402,F401  (registers the converter)
+from titan_rope_ext._torchtitan import torchtitan_line  # noqa: E402
+
+if torchtitan_line() == "0.2":
+    import titan_rope_ext.converter  # noqa: F401  (registers the converter)
