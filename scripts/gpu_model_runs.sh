@@ -29,8 +29,9 @@ run() {  # name config args...
     --job.config_file "$config" --job.dump_folder "$tmp/$name" "${common[@]}" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$?"
 }
-stock_of() {  # the same job with the converter off
-  sed 's/^converters = \["rope_scaling"\]/converters = []/' "configs/$1_debug_yarn.toml" > "$tmp/$1_stock.toml"
+stock_of() {  # the same job with the converter off and without its [rope_scaling] section (refused otherwise)
+  awk '/^\[/ { skip = ($0 == "[rope_scaling]") } !skip' "configs/$1_debug_yarn.toml" \
+    | sed 's/^converters = \["rope_scaling"\]/converters = []/' > "$tmp/$1_stock.toml"
   echo "$tmp/$1_stock.toml"
 }
 

@@ -51,7 +51,7 @@ PROBE_RE = re.compile(r"rope_probe: rank=(\d+) part=(\d+) buffer=(\w+) shape=(\(
 ROPE_KEYS = ("freqs_cis", "rope_cache")
 
 TOML = {
-    ("llama3", "stock"): "configs/llama3_debug_llama3.toml",  # converter switched off on the command line
+    ("llama3", "stock"): "configs/llama3_debug_llama3.toml",  # without its [rope_scaling] section: see toml_for
     ("llama3", "equiv"): "configs/llama3_debug_llama3.toml",  # llama3 method, 8 / 1 / 4 / 8192: stock's values
     ("llama3", "yarn"): "configs/llama3_debug_yarn.toml",
     ("qwen3", "stock"): "configs/qwen3_debug_yarn.toml",
@@ -126,6 +126,22 @@ class Run:
     copy_checkpoint: str | None = None  # "<run>:<step>": its step-N checkpoint seeds this run's folder
 
 
+def without_rope_section(text: str) -> str:
+    """A job file's text without its ``[rope_scaling]`` section (a section whose converter is off is refused)."""
+    return re.sub(r"(?ms)^\[rope_scaling\]\n.*?(?=^\[|\Z)", "", text)
+
+
+def toml_for(out: Path, model: str, rope: str) -> str:
+    """The job file of a run: the shipped config, or for stock runs a copy without the section in ``out``."""
+    src = TOML[(model, rope)]
+    if rope != "stock":
+        return src
+    path = out / f"{model}_stock.toml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(without_rope_section((REPO / src).read_text()))
+    return str(path)
+
+
 def converters(model: str, rope: str, float8: bool = False) -> list[str]:
     names = ([] if rope == "stock" else ["rope_scaling"]) + (["quantize.linear.float8"] if float8 else []) + ["rope_probe"]
     return ["--model.converters", ",".join(names)]  # torchtitan splits lists on commas
@@ -156,7 +172,7 @@ def plan(out: Path, steps: int) -> list[Run]:
             for rope in ROPES[model]:
                 name = f"{model}_{rope}_{layout_name}"
                 float8 = "float8" in layout_name
-                args = ["--job.config_file", TOML[(model, rope)], *common_args(out, name, steps, layout.deterministic),
+                args = ["--job.config_file", toml_for(out, model, rope), *common_args(out, name, steps, layout.deterministic),
                         *converters(model, rope, float8),
                         "--training.local_batch_size", str(GLOBAL_BATCH // layout.dp),
                         "--checkpoint.enable", "--checkpoint.load_only",
@@ -182,8 +198,9 @@ def plan(out: Path, steps: int) -> list[Run]:
             loaders.append(("tp2_fsdp2", "stock", 4, to_tp))
         for layout_name, load_rope, local, extra in loaders:
             name = f"llama3_{rope}_resume_{layout_name}_{load_rope}"
+            load_base = ["--job.config_file", toml_for(out, "llama3", load_rope), *base[2:]]
             runs.append(Run(name, "llama3", load_rope, f"resume_{layout_name}", 4, [
-                *base, *common_args(out, name, 20), *converters("llama3", load_rope),
+                *load_base, *common_args(out, name, 20), *converters("llama3", load_rope),
                 "--training.local_batch_size", str(local), "--checkpoint.enable", "--checkpoint.load_only", *extra],
                 after=save, copy_checkpoint=f"{save}:10"))
     return runs

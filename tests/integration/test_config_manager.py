@@ -167,3 +167,135 @@ def test_custom_import_registers_the_converter_for_a_users_own_config_module(tmp
                           env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RopeScaledTransformer rope_type=linear factor=4.0" in proc.stdout
+
+
+def _without_converter(tmp_path, name="yarn"):
+    path = tmp_path / "no_converter.toml"
+    path.write_text(config(name).read_text().replace('converters = ["rope_scaling"]', "converters = []"))
+    return path
+
+
+def test_section_without_its_converter_is_refused_by_torchtitans_config_manager(tmp_path):
+    # the same check on every entry point: it runs when torchtitan's ConfigManager builds the job config
+    with pytest.raises(ValueError, match=r"\[rope_scaling\] sets rope_type=yarn factor=4.0 .* but model.converters "
+                                         r"= \[\] does not list 'rope_scaling', so torchtitan would train its stock RoPE"):
+        ConfigManager().parse_args(["--job.config_file", str(_without_converter(tmp_path))])
+
+
+def test_cli_that_drops_the_converter_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        ConfigManager().parse_args(["--job.config_file", str(config("yarn")), "--model.converters", "float8"])
+    err = " ".join(capsys.readouterr().err.replace("│", "").split())
+    assert "model.converters = ['float8'] does not list 'rope_scaling'" in err
+
+
+def test_no_section_and_no_converter_is_stock_torchtitan(tmp_path):
+    text = config("yarn").read_text()
+    head, _, tail = text.partition("[rope_scaling]")
+    path = tmp_path / "stock.toml"
+    path.write_text((head + tail[tail.index("[optimizer]"):]).replace('converters = ["rope_scaling"]', "converters = []"))
+    job = ConfigManager().parse_args(["--job.config_file", str(path)])
+    assert job.model.converters == [] and job.rope_scaling == RopeScaling()
+
+
+def test_torchtitans_own_entry_point_refuses_the_section_without_the_converter(tmp_path):
+    # `torchrun -m torchtitan.train` / run_train.sh run exactly this module's main
+    proc = subprocess.run([sys.executable, "-m", "torchtitan.train", "--job.config_file", str(_without_converter(tmp_path))],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    assert proc.returncode != 0
+    assert "does not list 'rope_scaling', so torchtitan would train its stock RoPE" in proc.stdout + proc.stderr
+    assert "Starting job" not in proc.stdout + proc.stderr
+
+
+def test_a_users_own_config_module_gets_the_check_through_rope_scaling_field(tmp_path, monkeypatch):
+    (tmp_path / "my_checked_job.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+        from titan_rope_ext.config import RopeScaling
+        from titan_rope_ext.job_config import rope_scaling_field
+
+        @dataclass
+        class JobConfig:
+            rope_scaling: RopeScaling = rope_scaling_field()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toml = tmp_path / "job.toml"
+    toml.write_text(_without_converter(tmp_path).read_text().replace(
+        'custom_config_module = "titan_rope_ext.job_config"', 'custom_config_module = "my_checked_job"'))
+    with pytest.raises(ValueError, match="does not list 'rope_scaling'"):
+        ConfigManager().parse_args(["--job.config_file", str(toml)])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("factor = 4.0", "factr = 4.0"), "[rope_scaling] has no key 'factr'; did you mean 'factor'? (valid keys: apply, "),
+    (("seq_len = 256", "seqlen = 256"), "[training] has no key 'seqlen'; did you mean 'seq_len'?"),
+    (('custom_config_module = "titan_rope_ext.job_config"', ""),
+     'there is no section [rope_scaling]; add [job] custom_config_module = "titan_rope_ext.job_config"'),
+], ids=["rope-key", "torchtitan-key", "no-custom-config-module"])
+def test_unknown_toml_keys_name_the_closest_valid_one(tmp_path, edit, message):
+    path = tmp_path / "job.toml"
+    path.write_text(config("yarn").read_text().replace(*edit))
+    with pytest.raises(ConfigError) as err:
+        preflight(["--job.config_file", str(path)])
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_missing_or_malformed_job_file_is_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="--job.config_file: no such file"):
+        preflight(["--job.config_file", str(tmp_path / "missing.toml")])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nname = 1")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        preflight(["--job.config_file", str(bad)])
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if "_debug_" in p.stem], ids=lambda p: p.stem)
+def test_shipped_debug_configs_are_seeded(path):
+    job = preflight(["--job.config_file", str(path)])
+    # torchtitan 0.2.0 reads training.seed (the job_config module copies [debug] seed there), later versions debug.seed
+    assert (job.training.seed if hasattr(job.training, "seed") else job.debug.seed) == 0
+
+
+def _dcp(folder, keys):
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({k: torch.zeros(2) for k in keys}, checkpoint_id=str(folder))
+
+
+def test_launcher_refuses_to_resume_from_a_model_only_last_checkpoint(tmp_path):
+    from titan_rope_ext.launch.check import resume_problem
+
+    args = ["--job.config_file", str(config("yarn")), "--job.dump_folder", str(tmp_path), "--checkpoint.enable"]
+    assert resume_problem(preflight(args)) is None  # no checkpoint folder yet
+    _dcp(tmp_path / "checkpoint" / "step-5", ["tok_embeddings.weight"])  # what the default last save writes
+    problem = resume_problem(preflight(args))
+    assert f"would resume this job from {tmp_path}/checkpoint/step-5, which holds the model only" in problem
+    assert "--checkpoint.initial_load_path" in problem and "--checkpoint.no_last_save_model_only" in problem
+    assert resume_problem(preflight([*args, "--checkpoint.load_step", "0"])) is None  # seed checkpoints are model-only
+    assert resume_problem(preflight(args[:-1])) is None  # checkpointing off: nothing is loaded
+    _dcp(tmp_path / "checkpoint" / "step-10", ["model.tok_embeddings.weight", "optimizer.state", "dataloader.dp_rank_0",
+                                               "lr_scheduler.x", "train_state.step"])
+    assert resume_problem(preflight(args)) is None  # the newest one is a full checkpoint
+    run = titan_rope(*args, "--checkpoint.load_step", "5")
+    assert run.returncode == 2 and "holds the model only" in run.output and "Starting job" not in run.output
+
+
+def test_converter_warns_when_training_past_the_scaled_window(caplog):
+    import logging
+
+    import torch
+
+    from titan_rope_ext.converter import RopeScalingConverter
+    from titan_rope_ext.tools._job import model_args_for
+
+    for seq_len, warns in (("512", True), ("256", False)):
+        job = preflight(["--job.config_file", str(config("yarn")), "--training.seq_len", seq_len])
+        spec, args = model_args_for(job)
+        with torch.device("meta"):
+            model = spec.model_cls(args)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            RopeScalingConverter(job, parallel_dims=None).convert(model)
+        assert ("rope_scaling: training.seq_len = 512 exceeds rope_scaling.original_max_position_embeddings (64) x "
+                "rope_scaling.factor (4) = 256" in caplog.text) == warns, caplog.text
