@@ -4,9 +4,9 @@
     titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
 
-Arguments other than ``--nproc`` go to torchtitan unchanged. The job is parsed with torchtitan's
-ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
-(``titan_rope_ext.launch.check``; a bad value exits with status 2 and a message naming the key).
+Arguments other than the subcommand's own go to torchtitan unchanged. The job is parsed with
+torchtitan's ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
+(``titan_rope_ext.launch.check``; a bad job exits with status 2 and a message naming the key).
 N = 1 runs one rank process directly; N > 1 runs the check, then torchrun (``--standalone``,
 rank 0's log shown). Each rank runs ``torchtitan.train``'s main (``titan_rope_ext.launch.worker``).
 
@@ -14,18 +14,22 @@ On a host without an accelerator the ranks use gloo and the CPU shims of
 ``titan_rope_ext.launch.cpu``, and unless the job sets ``training.mixed_precision_param`` the run
 is float32 (bf16 autocast was ~27x slower per step on the 2-core dev machine).
 
-This module sits outside the ``titan_rope_ext`` package on purpose and imports neither it nor
-torchtitan: importing torchtitan takes ~8 s on a small CPU and fixes the device type at import,
-so the launcher decides in a light process and leaves that import to the rank processes.
+This module sits outside the ``titan_rope_ext`` package on purpose and imports neither it, torch nor
+torchtitan until the arguments are parsed: importing torchtitan takes ~8 s on a small CPU and fixes the
+device type at import, so ``--help`` and argument errors are instant and the launcher decides in a light
+process, leaving that import to the rank processes.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 try:
     import tomllib
@@ -34,6 +38,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 _CONFIG_KEYS = ("--job.config_file", "--job.config-file")
 _PRECISION_KEYS = ("--training.mixed_precision_param", "--training.mixed-precision-param")
+_PLOT_EXTRA = "pip install 'titan_rope_ext[plot]' (or: pip install matplotlib)"
 
 
 def _flag_value(args: list[str], keys: tuple[str, ...]) -> str | None:
@@ -50,7 +55,7 @@ def sets_precision(args: list[str]) -> bool:
         return True
     path = _flag_value(args, _CONFIG_KEYS)
     if not path or not os.path.isfile(path):
-        return False  # torchtitan reports a missing file itself
+        return False
     with open(path, "rb") as f:
         return "mixed_precision_param" in tomllib.load(f).get("training", {})
 
@@ -89,30 +94,127 @@ def train(nproc: int, args: list[str]) -> int:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def rope_keys_help(width: int = 100) -> str:
+    """The ``[rope_scaling]`` keys with their docstrings, read from ``titan_rope_ext/config.py``'s source
+    (parsed, not imported: importing the package imports torch)."""
+    spec = importlib.util.find_spec("titan_rope_ext")
+    if spec is None or not spec.submodule_search_locations:
+        return "  (titan_rope_ext is not installed)"
+    path = os.path.join(list(spec.submodule_search_locations)[0], "config.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "RopeScaling").body
+    lines = []
+    for node, after in zip(body, body[1:]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        doc = after.value.value if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) else ""
+        doc = " ".join(str(doc).split())
+        lines.append(textwrap.fill(doc, width, initial_indent=f"  {node.target.id:<34}",
+                                   subsequent_indent=" " * 36))
+    return "\n".join(lines)
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> int:
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_job_file(parser: argparse.ArgumentParser, args: list[str], example: str) -> int | None:
+    """Exit status 2 with one line when ``args`` name no job file or a missing one; None when it exists."""
+    path = _flag_value(args, _CONFIG_KEYS)
+    if path is None:
+        return _fail(parser, f"needs a job: --job.config_file JOB.toml (shipped jobs: configs/*.toml), e.g. {example}")
+    if not os.path.isfile(path):
+        return _fail(parser, f"--job.config_file: no such file {path!r}")
+    return None
+
+
+def _has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+_TRAIN_EPILOG = """\
+torchtitan arguments: --job.config_file JOB.toml (required) and any --<section>.<key> <value> override;
+`python -m torchtitan.config.manager --job.custom_config_module titan_rope_ext.job_config --help` lists
+every torchtitan key. The [rope_scaling] keys (--rope_scaling.<key> <value> on the command line):
+
+{keys}
+
+Example: titan-rope train --job.config_file configs/llama3_debug_yarn.toml --rope_scaling.factor 8
+"""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``titan-rope`` parser and its subcommand parsers by name."""
     parser = argparse.ArgumentParser(prog="titan-rope", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_train = sub.add_parser(
-        "train",
-        help="run torchtitan.train on N ranks (CPU-only hosts supported)",
-        description="Arguments other than --nproc go to torchtitan unchanged.",
-    )
-    p_train.add_argument("--nproc", type=int, default=1, help="ranks on this host (default 1)")
-    sub.add_parser("inspect", add_help=False,
-                   help="per-band RoPE of a job: CONFIG.toml [--plot out.png] [torchtitan overrides]")
-    sub.add_parser("eval", add_help=False,
-                   help="perplexity by position and passkey retrieval of a checkpoint (--help for options)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,inspect,eval}")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="run torchtitan.train on N ranks (CPU-only hosts supported)",
+                       usage="titan-rope train [--nproc N] --job.config_file JOB.toml [--<section>.<key> VALUE ...]",
+                       description="Checks the job (exit 2 on a bad one), then runs torchtitan's own Trainer.",
+                       epilog=_TRAIN_EPILOG.format(keys=rope_keys_help()), formatter_class=raw)
+    p.add_argument("--nproc", type=int, default=1, help="ranks on this host (default 1)")
+
+    p = sub.add_parser("inspect", help="per-band RoPE of a job: JOB.toml [--plot out.png] [torchtitan overrides]",
+                       usage="titan-rope inspect JOB.toml [--plot out.png] [--<section>.<key> VALUE ...]",
+                       description="Resolves the job as training does (no device work) and prints, per frequency "
+                                   "band, the wavelengths of plain RoPE, stock torchtitan and the converted model.")
+    p.add_argument("config", help="torchtitan TOML job file")
+    p.add_argument("--plot", default=None, help=f"write a PNG of wavelength vs dimension (needs matplotlib: {_PLOT_EXTRA})")
+
+    p = sub.add_parser("eval", help="perplexity by position and passkey retrieval of a checkpoint",
+                       usage="titan-rope eval --job.config_file JOB.toml --checkpoint DIR [options] "
+                             "[--<section>.<key> VALUE ...]",
+                       description="Loads a torchtitan DCP checkpoint (full or model-only) into the job's converted "
+                                   "model and measures sliding-window perplexity, perplexity by position and passkey "
+                                   "retrieval at each length. CPU or GPU.")
+    p.add_argument("--job.config_file", dest="job_config_file", metavar="JOB.toml", required=True,
+                   help="the torchtitan TOML job the checkpoint was trained with (its overrides too)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a torchtitan DCP folder, e.g. <job.dump_folder>/checkpoint/step-100")
+    p.add_argument("--lengths", default=None, help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths in [0, 1]")
+    p.add_argument("--trials", type=int, default=5, help="passkey prompts per length and depth")
+    p.add_argument("--stride", type=int, default=256, help="sliding-window stride")
+    p.add_argument("--buckets", type=int, default=4, help="position buckets per window")
+    p.add_argument("--tokens", type=int, default=32768, help="held-out tokens scored per length")
+    p.add_argument("--seed", type=int, default=1, help="held-out corpus and passkey seed (training used 0)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", default=None,
+                   help="folder for eval.json and eval.png (default: <job.dump_folder>/eval/<checkpoint folder name>)")
+    return parser, dict(sub.choices)
+
+
+def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
+    """``(subcommand parser, its options, the torchtitan arguments)``; exits on ``--help`` and usage errors."""
+    parser, subs = build_parser()
     ns, rest = parser.parse_known_args(argv)
+    return subs[ns.command], ns, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sub, ns, rest = parse(argv)
     if ns.command == "inspect":  # in this process: one model on meta, no ranks
+        if not os.path.isfile(ns.config):
+            return _fail(sub, f"no such job file {ns.config!r}")
+        if ns.plot and not _has_matplotlib():
+            return _fail(sub, f"--plot needs matplotlib: {_PLOT_EXTRA}")
         from titan_rope_ext.tools import inspect_rope
 
-        return inspect_rope.main(rest)
+        return inspect_rope.run(ns, rest)
     if ns.command == "eval":
+        if not os.path.isfile(ns.job_config_file):
+            return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
         from titan_rope_ext.tools import evaluate
 
-        return evaluate.main(rest)
+        return evaluate.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.nproc < 1:
-        parser.error(f"--nproc must be >= 1, got {ns.nproc}")
+        return _fail(sub, f"--nproc must be >= 1, got {ns.nproc}")
+    if (status := _check_job_file(sub, rest, "titan-rope train --job.config_file configs/llama3_debug_yarn.toml")):
+        return status
     return train(ns.nproc, rest)
 
 

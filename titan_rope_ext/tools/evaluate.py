@@ -21,12 +21,13 @@ length ``T`` in ``--lengths``:
   text ending with "What is the pass key? The pass key is"; the model's greedy continuation must be
   the key (``--trials`` per length and depth).
 
-Output: a table on stdout, ``DIR/eval.json`` and ``DIR/eval.png``. CPU or GPU (``--device``).
+Output: a table on stdout, ``DIR/eval.json`` and ``DIR/eval.png`` (``--out``, default
+``<job.dump_folder>/eval/<checkpoint folder name>``). CPU or GPU (``--device``). The options are
+defined in ``titan_rope_cli`` so that ``--help`` answers without importing torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -219,34 +220,31 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="titan-rope eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="a torchtitan DCP folder, e.g. DUMP/checkpoint/step-100")
-    parser.add_argument("--lengths", default=None,
-                        help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
-    parser.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths in [0, 1]")
-    parser.add_argument("--trials", type=int, default=5, help="passkey prompts per length and depth")
-    parser.add_argument("--stride", type=int, default=256, help="sliding-window stride")
-    parser.add_argument("--buckets", type=int, default=4, help="position buckets per window")
-    parser.add_argument("--tokens", type=int, default=32768, help="held-out tokens scored per length")
-    parser.add_argument("--seed", type=int, default=1, help="held-out corpus and passkey seed (training used 0)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--out", default=None, help="folder for eval.json and eval.png")
-    opts, torchtitan_args = parser.parse_known_args(argv)
+def _say(message: str) -> None:
+    print(f"titan-rope eval: {message}", file=sys.stderr, flush=True)
+
+
+def run(opts, torchtitan_args: list[str]) -> int:
+    """``titan-rope eval`` with parsed options (see ``titan_rope_cli``) and the torchtitan arguments."""
+    import importlib.util
+
     from titan_rope_ext.launch.check import ConfigError, preflight
 
     device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     depths = _floats(opts.depths)
-    if any(not 0 <= d <= 1 for d in depths):
-        parser.error(f"--depths must lie in [0, 1], got {opts.depths}")
     try:
+        if any(not 0 <= d <= 1 for d in depths):
+            raise ConfigError(f"--depths must lie in [0, 1], got {opts.depths}")
+        _say("reading the job")
         job = preflight(torchtitan_args)
+        if not Path(opts.checkpoint, ".metadata").is_file():
+            raise ConfigError(f"--checkpoint {opts.checkpoint!r} is not a torchtitan DCP folder (no .metadata)")
         lengths = ([int(x) for x in opts.lengths.split(",")] if opts.lengths
                    else [job.training.seq_len * k for k in (1, 2, 4, 8)])
         if any(x < 16 for x in lengths):
-            parser.error(f"--lengths must be >= 16, got {opts.lengths}")
-        if not Path(opts.checkpoint, ".metadata").is_file():
-            raise ConfigError(f"--checkpoint {opts.checkpoint!r} is not a torchtitan DCP folder (no .metadata)")
+            raise ConfigError(f"--lengths must be >= 16, got {opts.lengths}")
+        out = Path(opts.out) if opts.out else Path(job.job.dump_folder) / "eval" / Path(opts.checkpoint).name
+        _say(f"building the model for {max(lengths)} positions on {device} and loading {opts.checkpoint}")
         model, tokenizer = build_model(job, max(lengths), device)
         load_checkpoint(model, opts.checkpoint)
     except (ConfigError, ValueError) as e:
@@ -258,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     converted = "rope_scaling" in job.model.converters
     trained = section.original_max_position_embeddings if converted and section else None
     ev = Evaluator(model, tokenizer, device, getattr(model.model_args, "attn_type", "sdpa"))
+    _say(f"lengths {lengths}: sliding-window and per-position perplexity over {opts.tokens} tokens, then "
+         f"{len(depths) * opts.trials} passkey prompts, per length; results go to {out}")
     with tqdm(total=len(lengths) * (1 + len(depths) * opts.trials), desc="titan-rope eval", file=sys.stderr) as bar:
         result = evaluate(ev, tokenizer, lengths, depths, opts.trials, opts.stride, opts.buckets, opts.tokens,
                           opts.seed, bar.update)
@@ -266,13 +266,22 @@ def main(argv: list[str] | None = None) -> int:
                   training_seq_len=job.training.seq_len)
     print(f"{job.model.name} {job.model.flavor}, {result['rope']}, checkpoint {opts.checkpoint}")
     print(format_table(result, trained or job.training.seq_len))
-    if opts.out:
-        out = Path(opts.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(result, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"wrote {out / 'eval.json'} (no eval.png: matplotlib is missing; "
+              "pip install 'titan_rope_ext[plot]')")
+    else:
         plot(result, str(out / "eval.png"), f"{job.model.name} {job.model.flavor}: {result['rope']}")
         print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m titan_rope_ext.tools.evaluate ...`` = ``titan-rope eval ...``."""
+    import titan_rope_cli
+
+    return titan_rope_cli.main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

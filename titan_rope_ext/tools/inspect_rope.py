@@ -18,7 +18,6 @@ message as ``titan-rope train``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -115,6 +114,8 @@ def table(ins: Inspection) -> str:
         f"{'band':>4} {'dims':>9} {'wavelength: default':>20} {'stock':>12} {'converted':>12} "
         f"{'scale':>8} {'covers (tokens)':>16}  regime",
     ]
+    if warning := cfg.extrapolation_warning(ins.seq_len):
+        lines.insert(3, f"WARNING: {warning}")
     for i in range(ins.head_dim // 2):
         scale = float(ins.default[i] / ins.converted[i])
         lines.append(
@@ -170,11 +171,8 @@ def plot(ins: Inspection, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="titan-rope inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="torchtitan TOML file")
-    parser.add_argument("--plot", default=None, help="write a PNG of wavelength vs dimension")
-    opts, overrides = parser.parse_known_args(argv)
+def run(opts, overrides: list[str]) -> int:
+    """``titan-rope inspect`` with parsed options (``config``, ``plot``) and torchtitan ``overrides``."""
     from titan_rope_ext.launch.check import ConfigError
 
     try:
@@ -187,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         plot(ins, opts.plot)
         print(f"plot: {opts.plot}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m titan_rope_ext.tools.inspect_rope ...`` = ``titan-rope inspect ...``."""
+    import titan_rope_cli
+
+    return titan_rope_cli.main(["inspect", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

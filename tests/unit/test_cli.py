@@ -1,0 +1,66 @@
+"""The ``titan-rope`` command itself: instant help that leads somewhere, one-line errors with status 2."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+import titan_rope_cli
+from titan_rope_ext import RopeScaling
+from tests.integration.conftest import CONFIGS, REPO
+
+
+def cli(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "titan_rope_cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_and_usage_errors_import_neither_torch_nor_torchtitan():
+    script = ("import sys, titan_rope_cli\n"
+              "for argv in (['train', '--help'], ['eval', '--help'], ['inspect', '--help'], ['train']):\n"
+              "    try:\n"
+              "        titan_rope_cli.main(argv)\n"
+              "    except SystemExit:\n"
+              "        pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchtitan', 'titan_rope_ext')))")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_help_lists_every_rope_scaling_key_with_its_doc():
+    out = " ".join(cli("train", "--help").stdout.split())
+    for f in dataclasses.fields(RopeScaling):
+        assert f"{f.name} " in out, f.name
+    assert "Context extension ratio (new length / trained length), >= 1." in out
+    assert "--job.config_file JOB.toml" in out and "--rope_scaling.<key> <value>" in out
+
+
+def test_eval_help_names_the_job_file():
+    out = cli("eval", "--help").stdout
+    assert "--job.config_file JOB.toml" in out and "--checkpoint" in out and "<job.dump_folder>/eval/" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "titan-rope train: error: needs a job: --job.config_file JOB.toml"),
+    (["train", "--job.config_file", "missing.toml"], "titan-rope train: error: --job.config_file: no such file 'missing.toml'"),
+    (["inspect", "missing.toml"], "titan-rope inspect: error: no such job file 'missing.toml'"),
+    (["eval", "--job.config_file", "missing.toml", "--checkpoint", "x"],
+     "titan-rope eval: error: --job.config_file: no such file 'missing.toml'"),
+    (["train", "--nproc", "0", "--job.config_file", str(CONFIGS / "llama3_debug_yarn.toml")],
+     "titan-rope train: error: --nproc must be >= 1, got 0"),
+])
+def test_bad_invocations_get_one_line_and_status_2(args, message):
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(titan_rope_cli, "_has_matplotlib", lambda: False)
+    status = titan_rope_cli.main(["inspect", str(CONFIGS / "llama3_debug_yarn.toml"), "--plot", str(tmp_path / "x.png")])
+    assert status == 2
+    assert "--plot needs matplotlib: pip install 'titan_rope_ext[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
