@@ -25,6 +25,8 @@ _Apply = Literal["torchtitan", "fused"]
 
 # keys that are not arguments of the rope function
 _NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets", "apply"})
+# methods whose factor scales original_max_position_embeddings to a target window
+_WINDOWED = frozenset({"yarn", "llama3", "longrope"})
 # transformers' spellings that mean one of our keys
 _HF_ALIASES = {"type": "rope_type", "rope_theta": "theta"}
 
@@ -233,6 +235,25 @@ class RopeScaling:
                     f"rope_scaling.{key} must have head_dim // 2 = {head_dim // 2} entries "
                     f"for this model, got {len(values)}"
                 )
+
+    def scaled_window(self) -> int | None:
+        """``original_max_position_embeddings * factor``: the longest context the method scales the trained
+        one to, for the methods that are set for a target length (yarn, llama3, longrope with ``factor``);
+        None for the others (default and dynamic have none; linear and ntk name no trained length)."""
+        if self.rope_type not in _WINDOWED or self.factor is None or self.original_max_position_embeddings is None:
+            return None
+        return math.floor(self.original_max_position_embeddings * self.factor)
+
+    def extrapolation_warning(self, seq_len: int) -> str | None:
+        """A warning when a run of ``seq_len`` positions goes past :meth:`scaled_window` (the positions
+        beyond it extrapolate, as the unscaled model does past its trained length); None otherwise."""
+        window = self.scaled_window()
+        if window is None or seq_len <= window:
+            return None
+        return (f"training.seq_len = {seq_len} exceeds rope_scaling.original_max_position_embeddings "
+                f"({self.original_max_position_embeddings}) x rope_scaling.factor ({self.factor:g}) = {window}: "
+                f"positions past {window} extrapolate beyond the scaled window; raise factor to at least "
+                f"{seq_len / self.original_max_position_embeddings:g}")
 
     def effective_theta(self, model_theta: float) -> float:
         """``theta`` if set, else the model's own rope_theta."""

@@ -50,10 +50,14 @@ class RopeScalingConverter:
 
     def __init__(self, job_config, parallel_dims):
         self.adapter, self.config = check_job(job_config)
+        self.training_seq_len = job_config.training.seq_len
 
     def convert(self, model: nn.Module) -> None:
         summary = self.adapter.convert(model, self.config)
         logger.info(f"{NAME}: {self.adapter.name} {self.config.describe()}; {summary}")
+        seq_len = model.model_args.max_seq_len
+        if seq_len == self.training_seq_len and (warning := self.config.extrapolation_warning(seq_len)):
+            logger.warning(f"{NAME}: {warning}")  # (the tools build longer models on purpose)
         if self.config.hf_overrides:
             logger.info(f"{NAME}: keys set in [{NAME}] override {self.config.hf_config}: "
                         + ", ".join(self.config.hf_overrides))

@@ -90,3 +90,28 @@ def test_from_hf_refuses_what_it_cannot_honour():
 def test_describe_lists_set_keys():
     assert RopeScaling(**YARN, theta=1e6).describe() == (
         "rope_type=yarn theta=1000000.0 factor=4.0 original_max_position_embeddings=64")
+
+
+@pytest.mark.parametrize("section, seq_len, window", [
+    (YARN, 256, 256), (YARN, 257, 256), (LLAMA3, 65536, 65536), (LLAMA3, 131072, 65536),
+    (dict(LONGROPE, factor=4.0), 512, 256),
+])
+def test_seq_len_past_the_scaled_window_is_named(section, seq_len, window):
+    cfg = RopeScaling(**section)
+    assert cfg.scaled_window() == window
+    warning = cfg.extrapolation_warning(seq_len)
+    if seq_len <= window:
+        assert warning is None
+    else:
+        original, factor = cfg.original_max_position_embeddings, cfg.factor
+        assert warning.startswith(f"training.seq_len = {seq_len} exceeds rope_scaling.original_max_position_embeddings "
+                                  f"({original}) x rope_scaling.factor ({factor:g}) = {window}")
+
+
+@pytest.mark.parametrize("section", [
+    dict(rope_type="default"), dict(rope_type="linear", factor=4.0), dict(rope_type="ntk", factor=4.0),
+    dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=64), LONGROPE,
+], ids=["default", "linear", "ntk", "dynamic", "longrope-without-factor"])
+def test_methods_without_a_target_window_never_warn(section):
+    # default has no window; linear/ntk name no trained length; dynamic rescales to the run's length itself
+    assert RopeScaling(**section).extrapolation_warning(10**7) is None

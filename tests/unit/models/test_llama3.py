@@ -123,6 +123,7 @@ def test_attention_factor_reaches_the_scores_once(rope_type):
 
 def test_check_job_and_converter():
     job = SimpleNamespace(model=SimpleNamespace(name="llama3", flavor="debugmodel", hf_assets_path=None),
+                          training=SimpleNamespace(seq_len=2048),
                           rope_scaling=RopeScaling(rope_type="longrope", short_factor=[1.0] * 4,
                                                    long_factor=[1.0] * 4, original_max_position_embeddings=64))
     with pytest.raises(ValueError, match="short_factor must have head_dim // 2 = 8 entries"):

@@ -60,3 +60,13 @@ def test_bad_job_exits_2_with_the_training_message(overrides, message, capsys):
     assert inspect_rope.main([f"{CONFIGS}/llama3_debug_linear.toml", *overrides]) == 2
     err = re.sub(r"\s+", " ", capsys.readouterr().err.replace("│", " "))  # tyro draws a box
     assert "titan-rope: error:" in err and message in err
+
+
+def test_seq_len_past_the_scaled_window_is_flagged():
+    ins = inspect_rope.inspect_job(job("llama3_debug_yarn", "--training.seq_len", "512"))
+    lines = inspect_rope.table(ins).splitlines()
+    assert lines[3] == ("WARNING: training.seq_len = 512 exceeds rope_scaling.original_max_position_embeddings (64) "
+                        "x rope_scaling.factor (4) = 256: positions past 256 extrapolate beyond the scaled window; "
+                        "raise factor to at least 8")
+    assert not any(line.startswith("WARNING") for line in inspect_rope.table(inspect_rope.inspect_job(
+        job("llama3_debug_yarn"))).splitlines())
