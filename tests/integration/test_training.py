@@ -41,3 +41,11 @@ def test_fused_apply_on_cpu_trains_exactly_like_torchtitans_apply(runs):
     fused = runs("yarn", extra=("--rope_scaling.apply", "fused")).check()
     assert "apply=fused in 6 attention modules" in fused.output
     assert fused.losses == runs("yarn").check().losses
+
+
+def test_cpu_run_log_shows_memory_and_no_gpu_noise(runs):
+    run = runs("yarn").check()
+    memory = [float(m) for m in __import__("re").findall(r"memory:\s+([-\d.]+)GiB", run.output)]
+    assert memory and all(0.05 < m < 64 for m in memory), memory  # the rank's peak RSS, not -0.00
+    for noise in ("Error running lspci", "Peak flops undefined", "In CPU autocast, but the target dtype"):
+        assert noise not in run.output
