@@ -44,7 +44,8 @@ class RopeScaling:
 
     factor: float | None = None
     """Context extension ratio (new length / trained length), >= 1. Required by linear, ntk,
-    dynamic, yarn and llama3; optional for longrope (attention factor only)."""
+    dynamic, yarn and llama3. longrope: sets only the attention factor; required unless
+    attention_factor is set (a config.json gives max_position_embeddings / original, as transformers)."""
 
     original_max_position_embeddings: int | None = None
     """Length the model was (pre)trained at. Required by dynamic, yarn, llama3 and longrope."""
@@ -136,6 +137,15 @@ class RopeScaling:
         if missing := sorted(required - set_keys):
             raise ValueError(
                 f"rope_scaling.{missing[0]} is required for rope_type {self.rope_type!r}, got None"
+            )
+        if self.rope_type == "longrope" and self.factor is None and self.attention_factor is None:
+            # the function's fallback (seq_len / original) would follow training.seq_len, while
+            # transformers follows max_position_embeddings: the same dict, two RoPEs
+            raise ValueError(
+                "rope_scaling.factor is required for rope_type 'longrope' unless attention_factor is set, got None: "
+                "set factor = <extended length> / original_max_position_embeddings (transformers reads "
+                "max_position_embeddings / original_max_position_embeddings); it sets the attention factor "
+                "sqrt(1 + ln factor / ln original_max_position_embeddings)"
             )
         self._check_values()
 

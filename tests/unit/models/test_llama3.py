@@ -124,7 +124,8 @@ def test_attention_factor_reaches_the_scores_once(rope_type):
 def test_check_job_and_converter():
     job = SimpleNamespace(model=SimpleNamespace(name="llama3", flavor="debugmodel", hf_assets_path=None),
                           rope_scaling=RopeScaling(rope_type="longrope", short_factor=[1.0] * 4,
-                                                   long_factor=[1.0] * 4, original_max_position_embeddings=64))
+                                                   long_factor=[1.0] * 4, original_max_position_embeddings=64,
+                                                   factor=4.0))
     with pytest.raises(ValueError, match="short_factor must have head_dim // 2 = 8 entries"):
         check_job(job)
     job.rope_scaling = RopeScaling(rope_type="linear", factor=2.0)
