@@ -4,13 +4,15 @@ Pure Python; returns ``[rope_scaling]`` keys. The rules, from transformers'
 ``standardize_rope_params`` and ``_compute_*_parameters``:
 
 * the rope dict is ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4.x); absent or null
-  means plain RoPE; its type is ``rope_type``, or the legacy ``type``;
+  means plain RoPE; its type is ``rope_type``, or the legacy ``type``; a file with both (as
+  ``titan-rope export`` writes) must give the same dict, ``rope_theta`` aside;
 * ``rope_theta`` sits in that dict (5.x) or at the top level (4.x); a file with neither (Llama-1/2-era
   files) gets the config class's default, ``default_theta`` (10000.0 for llama and qwen3; see
   ``TRANSFORMERS_DEFAULT_THETA``), never the torchtitan flavor's theta;
 * llama3, yarn and longrope take ``original_max_position_embeddings`` from the top level first
   (Phi-3 keeps it there), else from the dict, else ``max_position_embeddings``;
-* longrope without ``factor`` uses ``max_position_embeddings / original_max_position_embeddings``
+* longrope without ``factor`` (and ``attention_factor``, the one thing factor sets) uses
+  ``max_position_embeddings / original_max_position_embeddings``
   (yarn without ``factor`` is refused, as transformers' validation refuses it);
 * dynamic NTK's trained length is ``max_position_embeddings``.
 
@@ -65,12 +67,19 @@ def _one_of(source: str, what: str, a: Any, b: Any) -> Any:
     return a if a is not None else b
 
 
+def _without_theta(rope: Any) -> Any:
+    # transformers 5 reads rope_scaling (4.x files, and exports written for both) with the top-level theta
+    return {k: v for k, v in rope.items() if k != "rope_theta"} if isinstance(rope, dict) else rope
+
+
 def theta_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[float | None, str]:
     """``(theta, where it came from)`` as transformers reads ``hf``: ``rope_theta`` in the rope dict or at the
     top level, else the default of the file's ``model_type``; ``(None, why)`` when neither is known."""
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    nested = rope.get("rope_theta") if isinstance(rope, dict) else None
-    theta = _one_of(source, "rope_theta", nested, hf.get("rope_theta"))
+    nested = [rope.get("rope_theta") for rope in (hf.get("rope_parameters"), hf.get("rope_scaling"))
+              if isinstance(rope, dict)]
+    theta = hf.get("rope_theta")
+    for value in nested:
+        theta = _one_of(source, "rope_theta", value, theta)
     if theta is not None:
         return theta, f"rope_theta of {source}"
     model_type = hf.get("model_type")
@@ -89,7 +98,7 @@ def rope_keys_from_hf(hf: dict[str, Any], source: str = "config.json", rope_type
     (``max_position_embeddings``, as transformers' ``standardize_rope_params`` fills it), not ``factor``.
     """
     scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
-    if scaling and params and scaling != params:
+    if scaling and params and _without_theta(scaling) != _without_theta(params):
         raise ValueError(f"{source}: rope_scaling {scaling!r} and rope_parameters {params!r} disagree")
     rope = dict(params or scaling or {})
     if rope and all(isinstance(v, dict) for v in rope.values()):
@@ -114,8 +123,8 @@ def rope_keys_from_hf(hf: dict[str, Any], source: str = "config.json", rope_type
         elif rope.get("original_max_position_embeddings") is None and max_pos is not None:
             rope["original_max_position_embeddings"] = max_pos
         original = rope.get("original_max_position_embeddings")
-        if (rope_type == "longrope" and not extending and rope.get("factor") is None and max_pos is not None
-                and original):
+        if (rope_type == "longrope" and not extending and rope.get("factor") is None
+                and rope.get("attention_factor") is None and max_pos is not None and original):
             rope["factor"] = max_pos / original
     elif rope_type == "dynamic":
         rope["original_max_position_embeddings"] = _one_of(

@@ -90,6 +90,9 @@ def test_section_keys_override_the_file_and_are_reported(tmp_path):
          {}, "rope_scaling .* and rope_parameters .* disagree"),
         (dict(rope_theta=1e4, rope_parameters=dict(rope_type="default", rope_theta=5e5)), {},
          "rope_theta is given twice .* 500000.0 and 10000.0"),
+        (dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e4),
+              rope_scaling=dict(rope_type="linear", factor=2.0, rope_theta=5e5)), {},
+         "rope_theta is given twice .* 500000.0 and 10000.0"),
         (dict(rope_theta=1e4, partial_rotary_factor=0.5), {}, "partial_rotary_factor = 0.5 is not supported"),
         (dict(rope_scaling=dict(type="yarn", factor=2.0, original_max_position_embeddings=64, foo=1)), {},
          "rope key 'foo' .*not supported"),
@@ -99,12 +102,20 @@ def test_section_keys_override_the_file_and_are_reported(tmp_path):
                                                               original_max_position_embeddings=2048)), {},
          "dynamic's trained length .* 4096 and 2048"),
     ],
-    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "partial-rotary", "unknown-key",
+    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "two-thetas-in-dicts", "partial-rotary", "unknown-key",
          "per-layer", "dynamic-two-lengths"],
 )
 def test_conflicts_are_errors(tmp_path, hf, section, message):
     with pytest.raises(ValueError, match=message):
         RopeScaling(hf_config=write(tmp_path, hf), **section)
+
+
+def test_both_dict_forms_as_exports_write_them(tmp_path):
+    # rope_parameters (transformers 5) and rope_scaling without rope_theta (4.x) plus a top-level rope_theta
+    hf = dict(rope_theta=2e4, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=2e4),
+              rope_scaling=dict(rope_type="linear", factor=2.0))
+    cfg = RopeScaling(hf_config=write(tmp_path, hf))
+    assert (cfg.rope_type, cfg.factor, cfg.theta) == ("linear", 2.0, 2e4)
 
 
 def test_yarn_without_factor_is_refused_like_transformers(tmp_path):
