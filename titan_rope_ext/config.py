@@ -134,11 +134,12 @@ class RopeScaling:
                 f"rope_scaling.{key} = {getattr(self, key)!r} does not apply to rope_type "
                 f"{self.rope_type!r} (its keys: {allowed})"
             )
-        if missing := sorted(required - set_keys):
+        pending = self.from_hf_assets  # keys may still come from <model.hf_assets_path>/config.json
+        if (missing := sorted(required - set_keys)) and not pending:
             raise ValueError(
                 f"rope_scaling.{missing[0]} is required for rope_type {self.rope_type!r}, got None"
             )
-        if self.rope_type == "longrope" and self.factor is None and self.attention_factor is None:
+        if self.rope_type == "longrope" and self.factor is None and self.attention_factor is None and not pending:
             # the function's fallback (seq_len / original) would follow training.seq_len, while
             # transformers follows max_position_embeddings: the same dict, two RoPEs
             raise ValueError(

@@ -219,3 +219,18 @@ def test_a_method_can_extend_a_plain_rope_file(tmp_path, rope_type, section):
 def test_only_a_plain_rope_file_can_be_extended(tmp_path):
     with pytest.raises(ValueError, match="rope_type = 'linear' contradicts .* 'llama3'"):
         RopeScaling(hf_config=write(tmp_path, CONFIGS["llama3.1-8b"]), rope_type="linear", factor=2.0)
+
+
+def test_from_hf_assets_with_a_rope_type_waits_for_the_file(tmp_path):
+    # at parse time the original length is not known yet: it comes from the file when the job is checked
+    pending = RopeScaling(from_hf_assets=True, rope_type="yarn", factor=4.0)
+    with pytest.raises(ValueError, match="rope_scaling.beta_fast = 32.0 does not apply to rope_type 'linear'"):
+        RopeScaling(from_hf_assets=True, rope_type="linear", factor=4.0, beta_fast=32.0)  # still checked early
+    write(tmp_path, dict(LLAMA2, max_position_embeddings=64))
+    resolved = pending.resolve_hf_assets(str(tmp_path))
+    assert (resolved.original_max_position_embeddings, resolved.theta) == (64, 10000.0)
+    no_length = tmp_path / "no_length"
+    no_length.mkdir()
+    write(no_length, dict(model_type="llama"))  # no max_position_embeddings: nothing to take the length from
+    with pytest.raises(ValueError, match="original_max_position_embeddings is required for rope_type 'yarn'"):
+        pending.resolve_hf_assets(str(no_length))
