@@ -3,6 +3,7 @@
     titan-rope train [--nproc N] --job.config_file configs/llama3_debug_yarn.toml [torchtitan args]
     titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
+    titan-rope export --job.config_file ... --checkpoint PATH --out DIR [options] [torchtitan args]
 
 Arguments other than ``--nproc`` go to torchtitan unchanged. The job is parsed with torchtitan's
 ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="per-band RoPE of a job: CONFIG.toml [--plot out.png] [torchtitan overrides]")
     sub.add_parser("eval", add_help=False,
                    help="perplexity by position and passkey retrieval of a checkpoint (--help for options)")
+    sub.add_parser("export", add_help=False,
+                   help="a checkpoint as a Hugging Face folder with the trained RoPE (--help for options)")
     ns, rest = parser.parse_known_args(argv)
     if ns.command == "inspect":  # in this process: one model on meta, no ranks
         from titan_rope_ext.tools import inspect_rope
@@ -111,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from titan_rope_ext.tools import evaluate
 
         return evaluate.main(rest)
+    if ns.command == "export":
+        from titan_rope_ext.tools import export
+
+        return export.main(rest)
     if ns.nproc < 1:
         parser.error(f"--nproc must be >= 1, got {ns.nproc}")
     return train(ns.nproc, rest)

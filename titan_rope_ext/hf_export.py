@@ -161,7 +161,8 @@ class Architecture:
     """HF key -> the value the torchtitan model implies (e.g. ``hidden_size``, ``num_key_value_heads``)."""
 
     defaults: dict[str, Any]
-    """HF key -> transformers' value when a config.json leaves it out (``num_key_value_heads`` = heads, ...)."""
+    """HF key -> transformers' value when a config.json leaves it out, or a function of the base config.json
+    giving it (Llama's ``num_key_value_heads`` is ``num_attention_heads``)."""
 
     new_config: dict[str, Any]
     """The config.json to start from when the job has no base one (``architectures``, token ids, ...)."""
@@ -174,7 +175,8 @@ def check_base_config(base: dict[str, Any], arch: Architecture, source: str) -> 
         raise ValueError(f"{source}: model_type = {model_type!r} is not this model's "
                          f"({' or '.join(repr(t) for t in arch.model_types)})")
     for key, expected in arch.expected.items():
-        value = base[key] if base.get(key) is not None else arch.defaults.get(key)
+        default = arch.defaults.get(key)
+        value = base[key] if base.get(key) is not None else (default(base) if callable(default) else default)
         if value != expected:
             shown = "missing" if key not in base else f"{base[key]!r}"
             raise ValueError(f"{source}: {key} = {shown} contradicts the torchtitan model, which has {expected!r}")
