@@ -60,7 +60,8 @@ HF_MODELS = {"llama": (LlamaConfig, LlamaRotaryEmbedding), "qwen3": (Qwen3Config
 def exported_config(model: str, head_dim: int, keys: dict):
     """The config transformers builds from a config.json holding the exported keys (through JSON)."""
     config_cls, _ = HF_MODELS[model]
-    text = json.dumps(dict(model_type=model, hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim, **keys))
+    text = json.dumps(dict(model_type=model, hidden_size=4 * head_dim, num_attention_heads=4, head_dim=head_dim,
+                           **keys))
     return config_cls.from_dict(json.loads(text))
 
 
@@ -184,3 +185,21 @@ def test_a_base_config_of_another_model_is_refused(change, message):
     hf = hf_rope_keys(RopeScaling(), 64, 1e4, 256)
     with pytest.raises(ValueError, match=f"base.json: {message}"):
         merge_config({**base, **change}, ARCH, hf, "float32", source="base.json")
+
+
+def test_the_core_imports_no_torchtitan_and_no_transformers():
+    """hf_export serves both torchtitan lines: it and what it imports stay free of torchtitan (and of
+    transformers, a test-only dependency)."""
+    import ast
+    from pathlib import Path
+
+    import titan_rope_ext
+
+    package = Path(titan_rope_ext.__file__).parent
+    for name in ("hf_export", "hf", "config", "scaling", "cache"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {m for m in imported if m.split(".")[0] in ("torchtitan", "transformers")}, (name, imported)
+        assert {m for m in imported if m.startswith("titan_rope_ext")} <= {
+            "titan_rope_ext.hf", "titan_rope_ext.config", "titan_rope_ext.scaling", "titan_rope_ext.cache"}, name
