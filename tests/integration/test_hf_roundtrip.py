@@ -32,7 +32,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.conftest import config, Run, titan_rope
+from tests.integration.conftest import config, titan_rope
 from titan_rope_ext.tools.agreement import agree
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,8 @@ def args_for(model: str, method: str, work: Path, hf_dir: Path, seq_len: int, *e
 
 
 def train_args(dump: Path) -> list[str]:
-    return ["--checkpoint.enable", "--checkpoint.initial_load_in_hf", "--training.local_batch_size", "1", "--metrics.log_freq", "1", "--lr_scheduler.warmup_steps", "1",
+    return ["--checkpoint.enable", "--checkpoint.initial_load_in_hf", "--training.local_batch_size", "1",
+            "--metrics.log_freq", "1", "--lr_scheduler.warmup_steps", "1",
             "--debug.seed", "0", "--job.dump_folder", str(dump)]
 
 
@@ -160,7 +161,8 @@ def torchtitan_model(args: list[str], checkpoint: Path | None = None, hf_weights
 
 
 def transformers_model(folder: Path, rope: dict | None = None, work: Path | None = None):
-    """``from_pretrained(folder)``; with ``rope``: the same weights under the folder's config.json plus that rope dict."""
+    """``from_pretrained(folder)``; with ``rope``: the same weights under the folder's config.json plus that rope
+    dict (the file's rope_theta kept, if it has one)."""
     from transformers import AutoModelForCausalLM
 
     if rope is not None:
@@ -394,7 +396,8 @@ def test_export_refuses_bad_input_and_leaves_nothing(runs, hf_base, work, capsys
             "torchtitan DCP folder (no .metadata)")
     # a checkpoint of another model, and of another flavor of the same model
     qwen = args_for("qwen3", "yarn", work, hf_base["qwen3"], 128)
-    refused(*qwen, "--checkpoint", ckpt / "step-1", "--out", out, message="no tensors for layers.0.attention.k_norm.weight")
+    refused(*qwen, "--checkpoint", ckpt / "step-1", "--out", out,
+            message="no tensors for layers.0.attention.k_norm.weight")
     refused("--job.config_file", config("yarn"), "--model.flavor", "8B", "--checkpoint", ckpt / "step-1", "--out", out,
             message="no tensors for layers.10.attention.wk.weight")
     from titan_rope_ext.tools.export import check_checkpoint, ExportError
@@ -408,7 +411,8 @@ def test_export_refuses_bad_input_and_leaves_nothing(runs, hf_base, work, capsys
     cfg = json.loads((bad_assets / "config.json").read_text())
     (bad_assets / "config.json").write_text(json.dumps({**cfg, "num_key_value_heads": 4}))
     refused(*args_for("llama3", "yarn", work, bad_assets, 256), "--checkpoint", ckpt / "step-1", "--out", out,
-            message=f"{bad_assets / 'config.json'}: num_key_value_heads = 4 contradicts the torchtitan model, which has 16")
+            message=f"{bad_assets / 'config.json'}: num_key_value_heads = 4 contradicts the torchtitan model, "
+                    "which has 16")
     # an --out that is not empty, unless --force
     out.mkdir()
     (out / "keep.txt").write_text("mine")

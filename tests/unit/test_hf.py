@@ -102,8 +102,8 @@ def test_section_keys_override_the_file_and_are_reported(tmp_path):
                                                               original_max_position_embeddings=2048)), {},
          "dynamic's trained length .* 4096 and 2048"),
     ],
-    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "two-thetas-in-dicts", "partial-rotary", "unknown-key",
-         "per-layer", "dynamic-two-lengths"],
+    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "two-thetas-in-dicts", "partial-rotary",
+         "unknown-key", "per-layer", "dynamic-two-lengths"],
 )
 def test_conflicts_are_errors(tmp_path, hf, section, message):
     with pytest.raises(ValueError, match=message):

@@ -120,8 +120,6 @@ class Plan:
     """A parsed, checked export: the model, its HF config.json and where each piece comes from."""
 
     def __init__(self, job, dtype: str):
-        from torchtitan.protocols.train_spec import get_train_spec
-
         from titan_rope_ext.converter import check_job, NAME
         from titan_rope_ext.models import adapter_for
         from titan_rope_ext.tools._job import model_args_for
@@ -182,7 +180,8 @@ def check_checkpoint(path: str, shapes: dict[str, torch.Size]) -> dict[str, torc
         raise ExportError(f"--checkpoint {path!r} is not a torchtitan DCP folder (no .metadata)")
     stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     if missing := sorted(k for k in shapes if k not in stored):
-        raise ExportError(f"--checkpoint {path}: no tensors for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+        more = " ..." if len(missing) > 3 else ""
+        raise ExportError(f"--checkpoint {path}: no tensors for {', '.join(missing[:3])}{more} "
                           "(a checkpoint of another model or flavor?)")
     extra = sorted(k for k in stored if k not in shapes and not k.startswith(_TRAINING_STATE))
     if extra:
@@ -340,7 +339,8 @@ def complete_last_save(args: list[str]) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan-rope export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a torchtitan DCP folder (full or model-only), e.g. DUMP/checkpoint/step-100")
+    parser.add_argument("--checkpoint",
+                        help="a torchtitan DCP folder (full or model-only), e.g. DUMP/checkpoint/step-100")
     parser.add_argument("--out", help="the HF folder to write (must not exist or be empty, unless --force)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="weights' dtype (default float32; with --config-only the job's checkpoint.export_dtype)")
