@@ -3,6 +3,7 @@
     titan-rope train [--nproc N] --job.config_file configs/llama3_debug_yarn.toml [torchtitan args]
     titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
+    titan-rope export --job.config_file ... --checkpoint PATH --out DIR [options] [torchtitan args]
 
 Arguments other than the subcommand's own go to torchtitan unchanged. The job is parsed with
 torchtitan's ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
@@ -148,7 +149,7 @@ Example: titan-rope train --job.config_file configs/llama3_debug_yarn.toml --rop
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``titan-rope`` parser and its subcommand parsers by name."""
     parser = argparse.ArgumentParser(prog="titan-rope", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,inspect,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,inspect,eval,export}")
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("train", help="run torchtitan.train on N ranks (CPU-only hosts supported)",
@@ -184,6 +185,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", default=None,
                    help="folder for eval.json and eval.png (default: <job.dump_folder>/eval/<checkpoint folder name>)")
+
+    p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder with the trained RoPE",
+                       usage="titan-rope export --job.config_file JOB.toml --checkpoint DIR --out DIR [options] "
+                             "[--<section>.<key> VALUE ...]\n"
+                             "       titan-rope export --job.config_file JOB.toml --config-only [--out DIR]",
+                       description="Writes safetensors (torchtitan's state-dict adapter), config.json with the "
+                                   "trained RoPE (transformers computes it exactly) and the tokenizer files, from a "
+                                   "DCP checkpoint (full or model-only), on CPU. Pass the job as it trained.")
+    p.add_argument("--job.config_file", dest="job_config_file", metavar="JOB.toml", required=True,
+                   help="the torchtitan TOML job the checkpoint was trained with (its overrides too)")
+    p.add_argument("--checkpoint", help="a torchtitan DCP folder (full or model-only), e.g. DUMP/checkpoint/step-100")
+    p.add_argument("--out", help="the HF folder to write (must not exist or be empty, unless --force)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="weights' dtype (default float32; with --config-only the job's checkpoint.export_dtype)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--config-only", action="store_true",
+                   help="write config.json and tokenizer files into an HF folder that holds the weights (default: "
+                        "the job's checkpoint.last_save_in_hf folder); the step for run_train.sh users")
     return parser, dict(sub.choices)
 
 
@@ -211,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         from titan_rope_ext.tools import evaluate
 
         return evaluate.run(ns, ["--job.config_file", ns.job_config_file, *rest])
+    if ns.command == "export":
+        if not os.path.isfile(ns.job_config_file):
+            return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
+        if ns.config_only and ns.checkpoint:
+            return _fail(sub, "--config-only writes no weights; drop --checkpoint")
+        if not ns.config_only and not (ns.checkpoint and ns.out):
+            return _fail(sub, "--checkpoint and --out are required (or --config-only)")
+        from titan_rope_ext.tools import export
+
+        return export.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.nproc < 1:
         return _fail(sub, f"--nproc must be >= 1, got {ns.nproc}")
     if (status := _check_job_file(sub, rest, "titan-rope train --job.config_file configs/llama3_debug_yarn.toml")):

@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from titan_rope_ext.hf import load_config_json, rope_keys_from_hf
+from titan_rope_ext.hf import load_config_json, rope_keys_from_hf, theta_from_hf
 from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
@@ -46,13 +46,15 @@ class RopeScaling:
 
     factor: float | None = None
     """Context extension ratio (new length / trained length), >= 1. Required by linear, ntk,
-    dynamic, yarn and llama3; optional for longrope (attention factor only)."""
+    dynamic, yarn and llama3. longrope: sets only the attention factor; required unless
+    attention_factor is set (a config.json gives max_position_embeddings / original, as transformers)."""
 
     original_max_position_embeddings: int | None = None
     """Length the model was (pre)trained at. Required by dynamic, yarn, llama3 and longrope."""
 
     theta: float | None = None
-    """RoPE base frequency; overrides the model's ``rope_theta`` (base-frequency extension)."""
+    """RoPE base frequency; overrides the model's ``rope_theta`` (base-frequency extension). With
+    hf_config / from_hf_assets: the file's rope_theta, or transformers' default for its model_type."""
 
     low_freq_factor: float | None = None
     """llama3: bands with wavelength > original / low_freq_factor are fully scaled."""
@@ -92,7 +94,9 @@ class RopeScaling:
 
     hf_config: str | None = None
     """Path to a Hugging Face config.json: its rope settings are read as transformers reads
-    them (rope_parameters / rope_scaling, rope_theta, lengths); keys set here override it."""
+    them (rope_parameters / rope_scaling, rope_theta, lengths); keys set here override it. A
+    rope_type set here may replace the file's plain RoPE (extending a base model): the file then
+    gives theta and, as original_max_position_embeddings, its max_position_embeddings."""
 
     from_hf_assets: bool = False
     """Read ``<model.hf_assets_path>/config.json`` like hf_config (resolved when the job is checked)."""
@@ -110,6 +114,8 @@ class RopeScaling:
             )
         self.hf_overrides: list[str] = []
         """Keys set here that differ from the config.json (reported by the converter)."""
+        self.theta_source: str | None = "[rope_scaling] theta" if self.theta is not None else None
+        """Where ``theta`` came from (logged by the converter); None: the model's own rope_theta."""
         if self.hf_config is not None:
             self._merge_hf(load_config_json(self.hf_config), self.hf_config)
         if self.rope_type is None and not self.from_hf_assets:
@@ -130,15 +136,33 @@ class RopeScaling:
                 f"rope_scaling.{key} = {getattr(self, key)!r} does not apply to rope_type "
                 f"{self.rope_type!r} (its keys: {allowed})"
             )
-        if missing := sorted(required - set_keys):
+        pending = self.from_hf_assets  # keys may still come from <model.hf_assets_path>/config.json
+        if (missing := sorted(required - set_keys)) and not pending:
             raise ValueError(
                 f"rope_scaling.{missing[0]} is required for rope_type {self.rope_type!r}, got None"
+            )
+        if self.rope_type == "longrope" and self.factor is None and self.attention_factor is None and not pending:
+            # the function's fallback (seq_len / original) would follow training.seq_len, while
+            # transformers follows max_position_embeddings: the same dict, two RoPEs
+            raise ValueError(
+                "rope_scaling.factor is required for rope_type 'longrope' unless attention_factor is set, got None: "
+                "set factor = <extended length> / original_max_position_embeddings (transformers reads "
+                "max_position_embeddings / original_max_position_embeddings); it sets the attention factor "
+                "sqrt(1 + ln factor / ln original_max_position_embeddings)"
             )
         self._check_values()
 
     def _merge_hf(self, hf: dict[str, Any], source: str) -> None:
         names = {f.name for f in dataclasses.fields(self)}
-        for key, value in rope_keys_from_hf(hf, source).items():
+        keys = rope_keys_from_hf(hf, source)
+        if self.rope_type not in (None, keys["rope_type"]) and keys["rope_type"] == "default":
+            # extending a plain-RoPE model: the file gives theta and the original length
+            self.hf_overrides.append(f"rope_type={self.rope_type!r} overrides 'default'")
+            keys = rope_keys_from_hf(hf, source, rope_type=self.rope_type)
+        file_theta, theta_note = theta_from_hf(hf, source)
+        if file_theta is not None and self.theta in (None, file_theta):
+            self.theta_source = theta_note
+        for key, value in keys.items():
             if key not in names:
                 raise ValueError(f"{source}: rope key {key!r} (value {value!r}) is not supported; "
                                  f"known keys: {sorted(names - {'hf_config', 'from_hf_assets'})}")
@@ -151,6 +175,8 @@ class RopeScaling:
                         f"rope_scaling.rope_type = {mine!r} contradicts {source}, which gives {value!r}; "
                         "remove one")
                 self.hf_overrides.append(f"{key}={mine!r} overrides {value!r}")
+        if self.theta is None:  # never fall back to the torchtitan flavor's theta silently
+            raise ValueError(f"{theta_note}; set rope_scaling.theta to the model's RoPE base")
 
     def resolve_hf_assets(self, hf_assets_path: str | None) -> "RopeScaling":
         """This section with ``from_hf_assets`` turned into ``hf_config = <hf_assets_path>/config.json``."""

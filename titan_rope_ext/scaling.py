@@ -235,8 +235,10 @@ def longrope_rope(
     ``long_factor`` is used when the run's ``seq_len`` exceeds
     ``original_max_position_embeddings``, else ``short_factor``; each has ``head_dim // 2``
     entries (checked by the config against the model). ``factor`` only feeds the default
-    attention factor; when unset it is ``seq_len / original_max_position_embeddings``, the
-    Phi-3 rule with this run's length as the extended length.
+    attention factor; when unset it is ``seq_len / original_max_position_embeddings``, transformers'
+    rule with ``seq_len`` in the place of ``max_position_embeddings``. The ``[rope_scaling]`` section
+    never leaves it unset (it would follow ``training.seq_len``): it requires ``factor`` or
+    ``attention_factor``, or reads ``max_position_embeddings`` from a config.json.
     """
     if factor is None:
         factor = seq_len / original_max_position_embeddings

@@ -8,7 +8,7 @@ YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
 LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
               original_max_position_embeddings=8192)
 LONGROPE = dict(rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] * 8,
-                original_max_position_embeddings=64)
+                original_max_position_embeddings=64, factor=4.0)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,8 @@ LONGROPE = dict(rope_type="longrope", short_factor=[1.0] * 8, long_factor=[2.0] 
         (dict(LONGROPE, short_factor=[1.0, -1.0] * 4), ["rope_scaling.short_factor", "-1.0"]),
         (dict(LONGROPE, long_factor=[]), ["rope_scaling.long_factor", "[]"]),
         (dict(LONGROPE, short_factor=None), ["rope_scaling.short_factor", "required"]),
+        (dict(LONGROPE, factor=None), ["rope_scaling.factor is required for rope_type 'longrope'", "attention_factor",
+                                       "max_position_embeddings / original_max_position_embeddings"]),
         (dict(rope_type="default", theta=0.5), ["rope_scaling.theta", "0.5"]),
         (dict(rope_type="default", factor=4.0), ["rope_scaling.factor", "4.0", "'default'"]),
         (dict(rope_type="linear", factor=4.0, beta_fast=32.0), ["rope_scaling.beta_fast", "32.0", "'linear'"]),
@@ -50,6 +52,16 @@ def test_bad_values_name_key_and_value(section, fragments):
         RopeScaling(**section)
     for fragment in fragments:
         assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_longrope_needs_factor_or_attention_factor(tmp_path):
+    # explicit keys: no silent training.seq_len / original; attention_factor alone is complete
+    assert RopeScaling(**dict(LONGROPE, factor=None, attention_factor=1.2)).factor is None
+    # a config.json keeps transformers' max_position_embeddings / original
+    path = tmp_path / "config.json"
+    path.write_text('{"rope_theta": 1e4, "max_position_embeddings": 256, "rope_scaling": {"rope_type": "longrope", '
+                    '"short_factor": [1, 1], "long_factor": [2, 2], "original_max_position_embeddings": 64}}')
+    assert RopeScaling(hf_config=str(path)).factor == 4.0
 
 
 def test_longrope_length_is_checked_against_head_dim():
@@ -110,7 +122,8 @@ def test_seq_len_past_the_scaled_window_is_named(section, seq_len, window):
 
 @pytest.mark.parametrize("section", [
     dict(rope_type="default"), dict(rope_type="linear", factor=4.0), dict(rope_type="ntk", factor=4.0),
-    dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=64), LONGROPE,
+    dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=64),
+    dict({k: v for k, v in LONGROPE.items() if k != "factor"}, attention_factor=1.2),
 ], ids=["default", "linear", "ntk", "dynamic", "longrope-without-factor"])
 def test_methods_without_a_target_window_never_warn(section):
     # default has no window; linear/ntk name no trained length; dynamic rescales to the run's length itself

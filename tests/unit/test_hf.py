@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig
+from transformers import AutoConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from titan_rope_ext import RopeScaling, rope_frequencies
-from titan_rope_ext.hf import rope_keys_from_hf
+from titan_rope_ext.hf import rope_keys_from_hf, TRANSFORMERS_DEFAULT_THETA
 
 # rope-related fields of public config.json files (Phi-3 factors shortened to a made-up 48-entry list)
 PHI3_LONG = [1.0 + 0.05 * i for i in range(48)]
@@ -90,6 +90,9 @@ def test_section_keys_override_the_file_and_are_reported(tmp_path):
          {}, "rope_scaling .* and rope_parameters .* disagree"),
         (dict(rope_theta=1e4, rope_parameters=dict(rope_type="default", rope_theta=5e5)), {},
          "rope_theta is given twice .* 500000.0 and 10000.0"),
+        (dict(rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=1e4),
+              rope_scaling=dict(rope_type="linear", factor=2.0, rope_theta=5e5)), {},
+         "rope_theta is given twice .* 500000.0 and 10000.0"),
         (dict(rope_theta=1e4, partial_rotary_factor=0.5), {}, "partial_rotary_factor = 0.5 is not supported"),
         (dict(rope_scaling=dict(type="yarn", factor=2.0, original_max_position_embeddings=64, foo=1)), {},
          "rope key 'foo' .*not supported"),
@@ -99,12 +102,20 @@ def test_section_keys_override_the_file_and_are_reported(tmp_path):
                                                               original_max_position_embeddings=2048)), {},
          "dynamic's trained length .* 4096 and 2048"),
     ],
-    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "partial-rotary", "unknown-key",
-         "per-layer", "dynamic-two-lengths"],
+    ids=["type-contradiction", "foreign-key", "two-dicts", "two-thetas", "two-thetas-in-dicts", "partial-rotary",
+         "unknown-key", "per-layer", "dynamic-two-lengths"],
 )
 def test_conflicts_are_errors(tmp_path, hf, section, message):
     with pytest.raises(ValueError, match=message):
         RopeScaling(hf_config=write(tmp_path, hf), **section)
+
+
+def test_both_dict_forms_as_exports_write_them(tmp_path):
+    # rope_parameters (transformers 5) and rope_scaling without rope_theta (4.x) plus a top-level rope_theta
+    hf = dict(rope_theta=2e4, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=2e4),
+              rope_scaling=dict(rope_type="linear", factor=2.0))
+    cfg = RopeScaling(hf_config=write(tmp_path, hf))
+    assert (cfg.rope_type, cfg.factor, cfg.theta) == ("linear", 2.0, 2e4)
 
 
 def test_yarn_without_factor_is_refused_like_transformers(tmp_path):
@@ -143,3 +154,83 @@ def test_rope_keys_from_hf_is_plain_data():
     keys = rope_keys_from_hf(CONFIGS["gpt-oss"])
     assert keys == dict(rope_type="yarn", theta=150000, beta_fast=32.0, beta_slow=1.0, factor=32.0,
                         original_max_position_embeddings=4096, truncate=False)
+
+
+# ---- rope_theta missing (Llama-1/2-era files) ------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", sorted(TRANSFORMERS_DEFAULT_THETA))
+def test_default_theta_table_is_transformers_own(model_type):
+    assert AutoConfig.for_model(model_type).rope_parameters["rope_theta"] == TRANSFORMERS_DEFAULT_THETA[model_type]
+
+
+LLAMA2 = dict(model_type="llama", hidden_size=512, num_attention_heads=4, max_position_embeddings=4096,
+              rope_scaling=None)  # no rope_theta anywhere, as Llama-2's config.json
+
+
+def test_missing_theta_is_transformers_default_not_the_flavors(tmp_path):
+    path = write(tmp_path, LLAMA2)
+    cfg = RopeScaling(hf_config=path)
+    assert cfg.theta == 10000.0
+    assert cfg.theta_source == f"transformers' default for model_type 'llama': {path} has no rope_theta"
+    # flavor theta 500000 (torchtitan's llama3 flavors) must not leak in
+    inv_freq, _ = rope_frequencies(cfg, 128, theta=500000.0, seq_len=4096)
+    hf_inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(LlamaConfig.from_dict(LLAMA2))
+    assert torch.equal(inv_freq, hf_inv_freq)
+
+
+def test_theta_sources(tmp_path):
+    assert RopeScaling(hf_config=write(tmp_path, CONFIGS["none"])).theta_source.startswith("rope_theta of ")
+    assert RopeScaling(rope_type="linear", factor=2.0).theta_source is None  # the model's own
+    assert RopeScaling(theta=5e5).theta_source == "[rope_scaling] theta"
+    over = RopeScaling(hf_config=write(tmp_path, LLAMA2), theta=5e5)
+    assert over.theta_source == "[rope_scaling] theta" and over.hf_overrides == ["theta=500000.0 overrides 10000.0"]
+
+
+def test_missing_theta_of_an_unknown_model_type_is_an_error(tmp_path):
+    path = write(tmp_path, dict(LLAMA2, model_type="my_llama"))
+    with pytest.raises(ValueError, match=r"has no rope_theta and transformers' default for its model_type "
+                                         r"'my_llama' is not known here .* set rope_scaling.theta"):
+        RopeScaling(hf_config=path)
+    assert RopeScaling(hf_config=path, theta=10000.0).theta == 10000.0
+
+
+# ---- extending a plain-RoPE base model: from_hf_assets plus rope_type ------------------------------------
+
+@pytest.mark.parametrize("rope_type, section", [
+    ("yarn", dict(factor=4.0)),
+    ("llama3", dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0)),
+    ("dynamic", dict(factor=4.0)),
+    ("linear", dict(factor=4.0)),
+])
+def test_a_method_can_extend_a_plain_rope_file(tmp_path, rope_type, section):
+    base = dict(LLAMA2, rope_theta=20000.0, max_position_embeddings=64)
+    cfg = RopeScaling(hf_config=write(tmp_path, base), rope_type=rope_type, **section)
+    assert cfg.theta == 20000.0 and cfg.hf_overrides == [f"rope_type={rope_type!r} overrides 'default'"]
+    if rope_type != "linear":  # the file's length is the original one, as transformers fills it
+        assert cfg.original_max_position_embeddings == 64
+    # transformers reading the base file with that rope dict added computes the same RoPE
+    extended = LlamaConfig.from_dict(dict(base, rope_scaling=dict(rope_type=rope_type, **section)))
+    seq_len = 256
+    inv_freq, attention_factor = rope_frequencies(cfg, 128, theta=5e5, seq_len=seq_len)
+    hf_inv_freq, hf_attention_factor = ROPE_INIT_FUNCTIONS[rope_type](extended, "cpu", seq_len=seq_len)
+    assert torch.equal(inv_freq, hf_inv_freq) and attention_factor == hf_attention_factor
+
+
+def test_only_a_plain_rope_file_can_be_extended(tmp_path):
+    with pytest.raises(ValueError, match="rope_type = 'linear' contradicts .* 'llama3'"):
+        RopeScaling(hf_config=write(tmp_path, CONFIGS["llama3.1-8b"]), rope_type="linear", factor=2.0)
+
+
+def test_from_hf_assets_with_a_rope_type_waits_for_the_file(tmp_path):
+    # at parse time the original length is not known yet: it comes from the file when the job is checked
+    pending = RopeScaling(from_hf_assets=True, rope_type="yarn", factor=4.0)
+    with pytest.raises(ValueError, match="rope_scaling.beta_fast = 32.0 does not apply to rope_type 'linear'"):
+        RopeScaling(from_hf_assets=True, rope_type="linear", factor=4.0, beta_fast=32.0)  # still checked early
+    write(tmp_path, dict(LLAMA2, max_position_embeddings=64))
+    resolved = pending.resolve_hf_assets(str(tmp_path))
+    assert (resolved.original_max_position_embeddings, resolved.theta) == (64, 10000.0)
+    no_length = tmp_path / "no_length"
+    no_length.mkdir()
+    write(no_length, dict(model_type="llama"))  # no max_position_embeddings: nothing to take the length from
+    with pytest.raises(ValueError, match="original_max_position_embeddings is required for rope_type 'yarn'"):
+        pending.resolve_hf_assets(str(no_length))

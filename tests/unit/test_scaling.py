@@ -149,13 +149,17 @@ def test_yarn_custom_betas_move_the_ramp():
 def test_longrope_long_and_short():
     short, long = [1.0, 1.0, 1.0, 2.0], [1.0, 2.0, 4.0, 8.0]
     section = dict(rope_type="longrope", short_factor=short, long_factor=long, original_max_position_embeddings=64)
-    inv, af = freqs(256, **section)
+    inv, af = freqs(256, factor=4.0, **section)
     close(inv, [1.0, 0.05, 0.0025, 0.000125])
-    # factor defaults to 256 / 64 = 4: sqrt(1 + ln 4 / ln 64) = sqrt(4 / 3)
+    # sqrt(1 + ln 4 / ln 64) = sqrt(4 / 3)
     close([af], [math.sqrt(4 / 3)])
-    inv, af = freqs(64, **section)
+    inv, af = freqs(64, factor=1.0, **section)
     close(inv, [1.0, 0.1, 0.01, 0.0005])
-    assert af == 1.0  # factor 64 / 64 = 1
+    assert af == 1.0  # factor 1
+    # the pure function without factor: seq_len / original (transformers' rule with seq_len as max_position_embeddings)
+    _, af = ROPE_FUNCTIONS["longrope"](8, 10000.0, 256, None, short_factor=short, long_factor=long,
+                                       original_max_position_embeddings=64)
+    close([af], [math.sqrt(4 / 3)])
     _, af = freqs(64, factor=16.0, **section)
     close([af], [math.sqrt(1 + 4 / 6)])  # ln 16 / ln 64 = 4/6
     _, af = freqs(256, attention_factor=1.25, **section)
@@ -201,7 +205,7 @@ def test_longrope_unit_factors_are_default():
     ones = [1.0] * 64
     default, _ = rope_frequencies(RopeScaling(), 128, 500000.0, 8192)
     lr, _ = rope_frequencies(RopeScaling(rope_type="longrope", short_factor=ones, long_factor=ones,
-                                         original_max_position_embeddings=4096), 128, 500000.0, 8192)
+                                         original_max_position_embeddings=4096, factor=2.0), 128, 500000.0, 8192)
     assert torch.equal(lr, default)
 
 
@@ -218,7 +222,7 @@ def sections_for(head_dim: int) -> dict[str, dict]:
         "yarn": dict(factor=4.0, original_max_position_embeddings=64, mscale=0.707, mscale_all_dim=0.707),
         "llama3": dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192),
         "longrope": dict(short_factor=[1.0] * bands, long_factor=[1.0 + i / bands * 4 for i in range(bands)],
-                         original_max_position_embeddings=64),
+                         original_max_position_embeddings=64, factor=4.0),
     }
 
 

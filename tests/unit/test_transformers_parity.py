@@ -57,6 +57,9 @@ def test_bitwise_equal_to_transformers(rope_type, section, seq_len, theta):
     else:
         hf_inv_freq, hf_attention_factor = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", seq_len=seq_len)
 
+    if rope_type == "longrope" and "factor" not in section:
+        # transformers takes max_position_embeddings / original (here seq_len / original); the section asks for it
+        section = dict(section, factor=max_pos / section["original_max_position_embeddings"])
     inv_freq, attention_factor = rope_frequencies(
         RopeScaling(rope_type=rope_type, **section), head_dim, theta, seq_len)
     assert inv_freq.dtype == hf_inv_freq.dtype == torch.float32

@@ -57,11 +57,14 @@ def scaled_cache(model: nn.Module, head_dim: int,
 
 
 def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor_site: str) -> str:
-    """The converter's log summary: effective dims, theta, length and where the attention factor went."""
+    """The converter's log summary: effective dims, theta and where it came from, length, and where the
+    attention factor went."""
     with torch.device("meta"):
         _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
+    theta_source = config.theta_source or "the flavor's rope_theta"
     return (
-        f"{head_dim_name}={head_dim} theta={config.effective_theta(args.rope_theta)} seq_len={args.max_seq_len} "
+        f"{head_dim_name}={head_dim} theta={config.effective_theta(args.rope_theta)} ({theta_source}) "
+        f"seq_len={args.max_seq_len} "
         f"attention_factor={attention_factor:.6g} ({factor_site})"
     )
 

@@ -125,7 +125,8 @@ def test_check_job_and_converter():
     job = SimpleNamespace(model=SimpleNamespace(name="llama3", flavor="debugmodel", hf_assets_path=None),
                           training=SimpleNamespace(seq_len=2048),
                           rope_scaling=RopeScaling(rope_type="longrope", short_factor=[1.0] * 4,
-                                                   long_factor=[1.0] * 4, original_max_position_embeddings=64))
+                                                   long_factor=[1.0] * 4, original_max_position_embeddings=64,
+                                                   factor=4.0))
     with pytest.raises(ValueError, match="short_factor must have head_dim // 2 = 8 entries"):
         check_job(job)
     job.rope_scaling = RopeScaling(rope_type="linear", factor=2.0)
@@ -147,3 +148,14 @@ def test_adapter_is_chosen_by_model_class():
     assert adapter_for(type("MyLlama", (Transformer,), {})) is ADAPTER
     with pytest.raises(ValueError, match="'torch.nn.modules.linear.Linear' has no rotary cache"):
         adapter_for(torch.nn.Linear)
+
+
+def test_converter_log_says_where_theta_came_from(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 64}')  # no rope_theta
+    with torch.device("meta"):
+        stock_theta, from_file = Transformer(debug_args()), Transformer(debug_args())
+    line = ADAPTER.convert(stock_theta, RopeScaling(rope_type="linear", factor=2.0))
+    assert "theta=500000 (the flavor's rope_theta)" in line
+    line = ADAPTER.convert(from_file, RopeScaling(hf_config=str(tmp_path / "config.json")))
+    assert (f"theta=10000.0 (transformers' default for model_type 'llama': {tmp_path / 'config.json'} "
+            "has no rope_theta)") in line
