@@ -229,6 +229,13 @@ def hf_tensors(plan: Plan, state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             value = value.clone()
         seen.add(value.untyped_storage().data_ptr())
         out[key] = value
+    if plan.config.get("tie_word_embeddings") and "lm_head.weight" in out:
+        # torchtitan 0.2.0's qwen3 ties the output to the embedding in parallelize, so its adapter still writes
+        # the output; transformers ties lm_head itself: the file keeps the embedding only
+        head, embedding = out.pop("lm_head.weight"), out["model.embed_tokens.weight"]
+        if not head.is_meta and not torch.equal(head, embedding):
+            raise ValueError("the checkpoint's output weight differs from its embedding, but the model ties them "
+                             "(tie_word_embeddings); export the untied flavor")
     return out
 
 
