@@ -67,7 +67,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_package() -> str:
+    """Where the rank entry and the pre-launch check live for the installed torchtitan line."""
+    from titan_rope_ext._torchtitan import torchtitan_line  # after argument parsing: imports torch
+
+    return "titan_rope_ext.torchtitan03.launch" if torchtitan_line() == "0.3" else "titan_rope_ext.launch"
+
+
 def train(nproc: int, args: list[str]) -> int:
+    package = launch_package()
     env = dict(os.environ)
     if not accelerator_available():
         env["TITAN_ROPE_CPU_WORKER"] = "1"
@@ -78,13 +86,13 @@ def train(nproc: int, args: list[str]) -> int:
     if nproc == 1:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", GROUP_RANK="0",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), TITAN_ROPE_CHECK="1")
-        return subprocess.call([python, "-m", "titan_rope_ext.launch.worker", *args], env=env)
-    rc = subprocess.call([python, "-m", "titan_rope_ext.launch.check", *args], env=env)
+        return subprocess.call([python, "-m", f"{package}.worker", *args], env=env)
+    rc = subprocess.call([python, "-m", f"{package}.check", *args], env=env)
     if rc != 0:
         return rc
     return subprocess.call(
         [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-         "--local-ranks-filter=0", "-m", "titan_rope_ext.launch.worker", *args],
+         "--local-ranks-filter=0", "-m", f"{package}.worker", *args],
         env=env,
     )
 
