@@ -49,8 +49,10 @@ def _section(keys_json: str) -> RopeScaling:
     if keys.get("from_hf_assets"):
         raise ValueError("rope_scaling.from_hf_assets = true needs the job's hf_assets_path, which an override "
                          "does not see; pass hf_config = '<hf_assets_path>/config.json' instead")
-    section = RopeScaling(**keys)
-    return section
+    # JSON has no float type of its own: 4 means 4.0 where the section takes a float, as on the CLI
+    floats = {f.name for f in dataclasses.fields(RopeScaling) if str(f.type).startswith("float")}
+    keys = {k: float(v) if k in floats and type(v) is int else v for k, v in keys.items()}
+    return RopeScaling(**keys)
 
 
 _logged: set[str] = set()

@@ -15,6 +15,7 @@ length, so training past the flavor's RoPE length is not refused.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from torchtitan.tools.logging import logger
@@ -24,10 +25,22 @@ from titan_rope_ext.config import RopeScaling
 from titan_rope_ext.torchtitan03.models import check_model, scale_model
 
 
+def unset_section() -> RopeScaling:
+    """A section with nothing set, ``rope_type`` included: the default of ``RopeTrainer.Config.rope_scaling``.
+
+    tyro takes every CLI default from the config instance, and ``RopeScaling()`` fills in
+    ``rope_type = "default"``, which ``--rope_scaling.hf_config`` / ``--rope_scaling.from_hf_assets``
+    would then contradict. Left unset, it means plain RoPE (``resolved_rope_scaling``), as on 0.2.
+    """
+    section = RopeScaling(from_hf_assets=True)  # the one way __post_init__ leaves rope_type unset
+    section.from_hf_assets = False
+    return section
+
+
 class RopeTrainer(Trainer):
     @dataclass(kw_only=True, slots=True)
     class Config(Trainer.Config):
-        rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+        rope_scaling: RopeScaling = field(default_factory=unset_section)
         """RoPE of every attention layer (transformers' rope_scaling keys; see titan_rope_ext.RopeScaling)."""
 
         def __post_init__(self) -> None:
@@ -37,7 +50,10 @@ class RopeTrainer(Trainer):
 
         def resolved_rope_scaling(self) -> RopeScaling:
             """The section with ``from_hf_assets`` read from ``<hf_assets_path>/config.json``."""
-            return self.rope_scaling.resolve_hf_assets(self.hf_assets_path)
+            section = self.rope_scaling.resolve_hf_assets(self.hf_assets_path)
+            if section.rope_type is None:  # nothing set: rebuilt, __post_init__ makes it plain RoPE
+                section = dataclasses.replace(section)
+            return section
 
     def __init__(self, config: Config):
         line = scale_model(config.model_spec.model, config.resolved_rope_scaling(),
