@@ -2,6 +2,7 @@
 
     titan-rope train [--nproc N] --job.config_file configs/llama3_debug_yarn.toml [torchtitan args]
     titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
+    titan-rope train|inspect --module llama3 --config llama3_debugmodel --rope_scaling.rope_type yarn ...  (torchtitan 0.3)
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
 
 Arguments other than ``--nproc`` go to torchtitan unchanged. The job is parsed with torchtitan's
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="perplexity by position and passkey retrieval of a checkpoint (--help for options)")
     ns, rest = parser.parse_known_args(argv)
     if ns.command == "inspect":  # in this process: one model on meta, no ranks
-        from titan_rope_ext.tools import inspect_rope
+        if launch_package().startswith("titan_rope_ext.torchtitan03"):
+            from titan_rope_ext.torchtitan03.tools import inspect_rope
+        else:
+            from titan_rope_ext.tools import inspect_rope
 
         return inspect_rope.main(rest)
     if ns.command == "eval":
