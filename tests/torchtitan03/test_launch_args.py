@@ -21,3 +21,8 @@ def test_titan_rope_train_rewrites_module_and_config_for_0_3(args, expected):
 def test_module_and_config_are_required():
     with pytest.raises(ValueError, match="needs --module and --config"):
         with_rope_section(["--module", "llama3"])
+
+
+def test_a_toml_job_is_refused_with_what_to_do_instead():
+    with pytest.raises(ValueError, match=r"torchtitan 0.3 has no TOML jobs \(--job.config_file\): use --module"):
+        with_rope_section(["--job.config_file", "configs/llama3_debug_yarn.toml"])

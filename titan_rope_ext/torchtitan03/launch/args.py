@@ -24,6 +24,10 @@ def _take(args: list[str], flag: str) -> tuple[str | None, list[str]]:
 
 def with_rope_section(args: list[str]) -> list[str]:
     """``args`` with ``--module M --config F`` replaced by ``--module <jobs> --config M.F`` (already that: unchanged)."""
+    if any(a.split("=", 1)[0] in ("--job.config_file", "--job.config-file") for a in args):
+        raise ValueError("torchtitan 0.3 has no TOML jobs (--job.config_file): use --module M --config F with "
+                         "--rope_scaling.<key> flags (e.g. --module titan_rope_ext.torchtitan03 --config "
+                         "llama3_debugmodel_yarn), or install torchtitan 0.2.x for the TOML files in configs/")
     module, rest = _take(list(args), "--module")
     config, rest = _take(rest, "--config")
     if module is None or config is None:
