@@ -68,11 +68,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def on_torchtitan03() -> bool:
+    """Whether the installed torchtitan is 0.3.x (call after argument parsing: imports the package, so torch)."""
+    from titan_rope_ext._torchtitan import torchtitan_line
+
+    return torchtitan_line() == "0.3"
+
+
 def launch_package() -> str:
     """Where the rank entry and the pre-launch check live for the installed torchtitan line."""
-    from titan_rope_ext._torchtitan import torchtitan_line  # after argument parsing: imports torch
-
-    return "titan_rope_ext.torchtitan03.launch" if torchtitan_line() == "0.3" else "titan_rope_ext.launch"
+    return "titan_rope_ext.torchtitan03.launch" if on_torchtitan03() else "titan_rope_ext.launch"
 
 
 def train(nproc: int, args: list[str]) -> int:
@@ -113,13 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="perplexity by position and passkey retrieval of a checkpoint (--help for options)")
     ns, rest = parser.parse_known_args(argv)
     if ns.command == "inspect":  # in this process: one model on meta, no ranks
-        if launch_package().startswith("titan_rope_ext.torchtitan03"):
+        if on_torchtitan03():
             from titan_rope_ext.torchtitan03.tools import inspect_rope
         else:
             from titan_rope_ext.tools import inspect_rope
 
         return inspect_rope.main(rest)
     if ns.command == "eval":
+        if on_torchtitan03():
+            print("titan-rope: error: eval reads torchtitan 0.2 jobs only so far; install torchtitan 0.2.x",
+                  file=sys.stderr)
+            return 2
         from titan_rope_ext.tools import evaluate
 
         return evaluate.main(rest)
