@@ -148,3 +148,46 @@ def test_titan_rope_refuses_a_bad_job_before_any_rank_starts(tmp_path):
         assert run.returncode == 2, run.output[-3000:]
         assert "titan-rope: error: rope_scaling on torchtitan 0.3 supports llama3" in run.output
         assert "Training starts" not in run.output and "Building device mesh" not in run.output
+
+
+@pytest.mark.parametrize("model", ["llama3", "qwen3"])
+def test_first_loss_after_initial_load_in_hf_equals_transformers(model, tmp_path):
+    # A random transformers checkpoint with YaRN x4 (save_pretrained), loaded by the real Trainer through
+    # checkpoint.initial_load_in_hf, its RoPE read from the same config.json: the step-1 loss (before any update)
+    # equals transformers' loss on the same first batch (torchtitan's own dataloader; per-document positions, and
+    # causal attention over the window as SDPA runs it on CPU).
+    import torch
+    import torch.nn.functional as F
+    from torchtitan.config import ConfigManager
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    rope = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    torch.manual_seed(0)
+    if model == "llama3":
+        hf = LlamaForCausalLM(LlamaConfig(
+            vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=16,
+            num_key_value_heads=16, rms_norm_eps=1e-5, tie_word_embeddings=False, max_position_embeddings=128,
+            rope_parameters=dict(rope, rope_theta=500000.0), attn_implementation="eager"))
+    else:
+        hf = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=2048, hidden_size=256, intermediate_size=3072, num_hidden_layers=8, head_dim=128,
+            num_attention_heads=16, num_key_value_heads=8, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            max_position_embeddings=128, rope_parameters=dict(rope, rope_theta=1e6), attn_implementation="eager"))
+    hf_dir = tmp_path / "hf"
+    hf.eval().save_pretrained(hf_dir)
+
+    config = ConfigManager().parse_args(["--module", "titan_rope_ext.torchtitan03.jobs",
+                                         "--config", f"{model}.{model}_debugmodel"])
+    tokenizer = config.tokenizer.build(tokenizer_path=config.hf_assets_path)
+    batch, labels = next(iter(config.dataloader.build(dp_world_size=1, dp_rank=0, tokenizer=tokenizer, seq_len=128,
+                                                      local_batch_size=1)))
+    with torch.no_grad():
+        logits = hf(input_ids=batch["input"], position_ids=batch["positions"]).logits
+    expected = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()).item()
+
+    run = titan_rope("--module", model, "--config", f"{model}_debugmodel", "--rope_scaling.hf_config",
+                     hf_dir / "config.json", "--checkpoint.enable", "--checkpoint.initial_load_path", hf_dir,
+                     "--checkpoint.initial_load_in_hf", *small(tmp_path / "run", steps=1, batch=1))
+    assert run.returncode == 0, run.output[-6000:]
+    assert "Loading from HF safetensors" in run.output and "attention_factor=1.13863" in run.output
+    assert run.losses[1] == pytest.approx(expected, abs=1e-5)  # the log prints 5 decimals
