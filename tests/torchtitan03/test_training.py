@@ -1,6 +1,7 @@
 """Real torchtitan 0.3 Trainer runs on CPU (marker ``integration``): ``titan-rope train`` for every method on the
-llama3 debug flavor, qwen3 with YaRN, 2 ranks with FSDP2 over gloo, exact checkpoint resume, and stock
-``torchtitan.train`` with ``--override.imports`` and with the converter, including training past the cap."""
+llama3 debug flavor, qwen3 with YaRN, 2 ranks with FSDP2 over gloo, exact checkpoint resume, stock
+``torchtitan.train`` with ``--override.imports`` and with the converter, training past the cap, and the first loss
+after loading a transformers checkpoint (``initial_load_in_hf``) against transformers' own."""
 
 from __future__ import annotations
 
