@@ -2,6 +2,7 @@
 
     titan-rope train [--nproc N] --job.config_file configs/llama3_debug_yarn.toml [torchtitan args]
     titan-rope inspect configs/llama3_debug_yarn.toml [--plot out.png] [torchtitan args]
+    titan-rope train|inspect --module llama3 --config llama3_debugmodel --rope_scaling.rope_type yarn ...  (torchtitan 0.3)
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
     titan-rope export --job.config_file ... --checkpoint PATH --out DIR [options] [torchtitan args]
 
@@ -10,6 +11,10 @@ torchtitan's ConfigManager and ``[rope_scaling]`` is checked against the model b
 (``titan_rope_ext.launch.check``; a bad job exits with status 2 and a message naming the key).
 N = 1 runs one rank process directly; N > 1 runs the check, then torchrun (``--standalone``,
 rank 0's log shown). Each rank runs ``torchtitan.train``'s main (``titan_rope_ext.launch.worker``).
+
+The job's form follows the installed torchtitan: a TOML file (``--job.config_file``) on 0.2.x, a config
+function (``--module M --config F``) on 0.3.x; each line's rank entry and pre-launch check live in its
+own package (``titan_rope_ext.launch``, ``titan_rope_ext.torchtitan03.launch``).
 
 On a host without an accelerator the ranks use gloo and the CPU shims of
 ``titan_rope_ext.launch.cpu``, and unless the job sets ``training.mixed_precision_param`` the run
@@ -61,6 +66,22 @@ def sets_precision(args: list[str]) -> bool:
         return "mixed_precision_param" in tomllib.load(f).get("training", {})
 
 
+def torchtitan_line() -> str | None:
+    """``"0.2"``, ``"0.3"`` or None, from package metadata: no import of torch or torchtitan (the package's own
+    ``titan_rope_ext._torchtitan`` answers the same, but importing any module of the package imports torch)."""
+    import importlib.metadata
+
+    try:
+        return ".".join(importlib.metadata.version("torchtitan").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def launch_package(line: str | None) -> str:
+    """Where the rank entry and the pre-launch check live for a torchtitan line."""
+    return "titan_rope_ext.torchtitan03.launch" if line == "0.3" else "titan_rope_ext.launch"
+
+
 def accelerator_available() -> bool:
     import torch
 
@@ -73,7 +94,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(nproc: int, args: list[str]) -> int:
+def train(nproc: int, args: list[str], line: str | None = "0.2") -> int:
+    package = launch_package(line)
     env = dict(os.environ)
     if not accelerator_available():
         env["TITAN_ROPE_CPU_WORKER"] = "1"
@@ -84,13 +106,13 @@ def train(nproc: int, args: list[str]) -> int:
     if nproc == 1:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", GROUP_RANK="0",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), TITAN_ROPE_CHECK="1")
-        return subprocess.call([python, "-m", "titan_rope_ext.launch.worker", *args], env=env)
-    rc = subprocess.call([python, "-m", "titan_rope_ext.launch.check", *args], env=env)
+        return subprocess.call([python, "-m", f"{package}.worker", *args], env=env)
+    rc = subprocess.call([python, "-m", f"{package}.check", *args], env=env)
     if rc != 0:
         return rc
     return subprocess.call(
         [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-         "--local-ranks-filter=0", "-m", "titan_rope_ext.launch.worker", *args],
+         "--local-ranks-filter=0", "-m", f"{package}.worker", *args],
         env=env,
     )
 
@@ -121,11 +143,26 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
-def _check_job_file(parser: argparse.ArgumentParser, args: list[str], example: str) -> int | None:
-    """Exit status 2 with one line when ``args`` name no job file or a missing one; None when it exists."""
+_MODULE_KEYS, _FUNCTION_KEYS = ("--module",), ("--config",)
+_EXAMPLE_03 = "--module titan_rope_ext.torchtitan03 --config llama3_debugmodel_yarn"
+
+
+def _check_job(parser: argparse.ArgumentParser, args: list[str], line: str | None, command: str) -> int | None:
+    """Exit status 2 with one line when ``args`` name no job of the installed line's form (0.2: a TOML file
+    that exists; 0.3: ``--module M --config F``); None when they do."""
+    if line == "0.3":
+        if _flag_value(args, _CONFIG_KEYS) is not None or any(a.endswith(".toml") for a in args):
+            return _fail(parser, "torchtitan 0.3 has no TOML jobs (--job.config_file): use --module M --config F with "
+                                 f"--rope_scaling.<key> flags, e.g. titan-rope {command} {_EXAMPLE_03}; or install "
+                                 "torchtitan 0.2.x for the TOML files in configs/")
+        if _flag_value(args, _MODULE_KEYS) is None or _flag_value(args, _FUNCTION_KEYS) is None:
+            return _fail(parser, f"needs a job: --module M --config F (torchtitan 0.3), e.g. titan-rope {command} "
+                                 f"{_EXAMPLE_03}")
+        return None
     path = _flag_value(args, _CONFIG_KEYS)
     if path is None:
-        return _fail(parser, f"needs a job: --job.config_file JOB.toml (shipped jobs: configs/*.toml), e.g. {example}")
+        return _fail(parser, f"needs a job: --job.config_file JOB.toml (shipped jobs: configs/*.toml), e.g. "
+                             f"titan-rope {command} --job.config_file configs/llama3_debug_yarn.toml")
     if not os.path.isfile(path):
         return _fail(parser, f"--job.config_file: no such file {path!r}")
     return None
@@ -136,33 +173,44 @@ def _has_matplotlib() -> bool:
 
 
 _TRAIN_EPILOG = """\
-torchtitan arguments: --job.config_file JOB.toml (required) and any --<section>.<key> <value> override;
-`python -m torchtitan.config.manager --job.custom_config_module titan_rope_ext.job_config --help` lists
-every torchtitan key. The [rope_scaling] keys (--rope_scaling.<key> <value> on the command line):
+The job: torchtitan 0.2.x: --job.config_file JOB.toml; torchtitan 0.3.x: --module M --config F (any
+stock or own config function); then any --<section>.<key> <value> override. Every torchtitan key:
+`python -m torchtitan.config.manager --job.custom_config_module titan_rope_ext.job_config --help` (0.2),
+`python -m torchtitan.train --module titan_rope_ext.torchtitan03.jobs --config llama3.llama3_debugmodel --help`
+(0.3). The [rope_scaling] keys (--rope_scaling.<key> <value> on the command line; a TOML section on 0.2):
 
 {keys}
 
-Example: titan-rope train --job.config_file configs/llama3_debug_yarn.toml --rope_scaling.factor 8
+Examples: titan-rope train --job.config_file configs/llama3_debug_yarn.toml --rope_scaling.factor 8     (0.2)
+          titan-rope train --module llama3 --config llama3_debugmodel --rope_scaling.rope_type yarn \\
+              --rope_scaling.factor 4 --rope_scaling.original_max_position_embeddings 32               (0.3)
 """
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The ``titan-rope`` parser and its subcommand parsers by name."""
+def build_parser(line: str | None = "0.2") -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``titan-rope`` parser and its subcommand parsers by name, for a torchtitan line (0.3's jobs are
+    ``--module M --config F`` flags, so ``inspect`` takes no positional job file there)."""
     parser = argparse.ArgumentParser(prog="titan-rope", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,inspect,eval,export}")
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("train", help="run torchtitan.train on N ranks (CPU-only hosts supported)",
-                       usage="titan-rope train [--nproc N] --job.config_file JOB.toml [--<section>.<key> VALUE ...]",
+                       usage="titan-rope train [--nproc N] (--job.config_file JOB.toml | --module M --config F) "
+                             "[--<section>.<key> VALUE ...]",
                        description="Checks the job (exit 2 on a bad one), then runs torchtitan's own Trainer.",
                        epilog=_TRAIN_EPILOG.format(keys=rope_keys_help()), formatter_class=raw)
     p.add_argument("--nproc", type=int, default=1, help="ranks on this host (default 1)")
 
     p = sub.add_parser("inspect", help="per-band RoPE of a job: JOB.toml [--plot out.png] [torchtitan overrides]",
-                       usage="titan-rope inspect JOB.toml [--plot out.png] [--<section>.<key> VALUE ...]",
+                       usage="titan-rope inspect (JOB.toml | --module M --config F) [--plot out.png] "
+                             "[--<section>.<key> VALUE ...]",
                        description="Resolves the job as training does (no device work) and prints, per frequency "
-                                   "band, the wavelengths of plain RoPE, stock torchtitan and the converted model.")
-    p.add_argument("config", help="torchtitan TOML job file")
+                                   "band, the wavelengths of plain RoPE, stock torchtitan and the converted model. "
+                                   "torchtitan 0.2: a TOML job file; 0.3: --module M --config F.")
+    if line == "0.3":
+        p.set_defaults(config=None)
+    else:
+        p.add_argument("config", nargs="?", default=None, help="torchtitan 0.2 TOML job file")
     p.add_argument("--plot", default=None, help=f"write a PNG of wavelength vs dimension (needs matplotlib: {_PLOT_EXTRA})")
 
     p = sub.add_parser("eval", help="perplexity by position and passkey retrieval of a checkpoint",
@@ -208,7 +256,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
 def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace, list[str]]:
     """``(subcommand parser, its options, the torchtitan arguments)``; exits on ``--help`` and usage errors."""
-    parser, subs = build_parser()
+    parser, subs = build_parser(torchtitan_line())
     ns, rest = parser.parse_known_args(argv)
     return subs[ns.command], ns, rest
 
@@ -216,14 +264,23 @@ def parse(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sub, ns, rest = parse(argv)
+    line = torchtitan_line()
     if ns.command == "inspect":  # in this process: one model on meta, no ranks
-        if not os.path.isfile(ns.config):
-            return _fail(sub, f"no such job file {ns.config!r}")
         if ns.plot and not _has_matplotlib():
             return _fail(sub, f"--plot needs matplotlib: {_PLOT_EXTRA}")
-        from titan_rope_ext.tools import inspect_rope
-
+        if line == "0.3":
+            if (status := _check_job(sub, rest, line, "inspect")):
+                return status
+            from titan_rope_ext.torchtitan03.tools import inspect_rope
+        else:
+            if ns.config is None:
+                return _fail(sub, "needs a job: titan-rope inspect JOB.toml (shipped jobs: configs/*.toml)")
+            if not os.path.isfile(ns.config):
+                return _fail(sub, f"no such job file {ns.config!r}")
+            from titan_rope_ext.tools import inspect_rope
         return inspect_rope.run(ns, rest)
+    if ns.command in ("eval", "export") and line == "0.3":
+        return _fail(sub, f"{ns.command} reads torchtitan 0.2 jobs only so far; install torchtitan 0.2.x")
     if ns.command == "eval":
         if not os.path.isfile(ns.job_config_file):
             return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
@@ -242,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         return export.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.nproc < 1:
         return _fail(sub, f"--nproc must be >= 1, got {ns.nproc}")
-    if (status := _check_job_file(sub, rest, "titan-rope train --job.config_file configs/llama3_debug_yarn.toml")):
+    if (status := _check_job(sub, rest, line, "train")):
         return status
-    return train(ns.nproc, rest)
+    return train(ns.nproc, rest, line)
 
 
 if __name__ == "__main__":

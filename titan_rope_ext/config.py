@@ -20,7 +20,7 @@ from titan_rope_ext.hf import load_config_json, rope_keys_from_hf, theta_from_hf
 from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
-_Arithmetic = Literal["transformers", "deepseek"]
+_Arithmetic = Literal["transformers", "deepseek", "torchtitan"]
 _Apply = Literal["torchtitan", "fused"]
 
 # keys that are not arguments of the rope function
@@ -83,8 +83,9 @@ class RopeScaling:
 
     arithmetic: _Arithmetic | None = None
     """yarn: rounding order of the interpolated frequencies (default transformers). "deepseek"
-    divides 1/theta^(2i/d) by factor as DeepSeek-V3's code and torchtitan's deepseek_v3 do,
-    reproducing that stock cache bit for bit; the two differ by at most 1 ulp per band."""
+    divides 1/theta^(2i/d) by factor as DeepSeek-V3's code and torchtitan 0.2's deepseek_v3 do,
+    reproducing that stock cache bit for bit; "torchtitan" blends as torchtitan 0.3's shared
+    RoPE does (its scaling = "yarn" cache bit for bit). They differ by at most 1 ulp per band."""
 
     short_factor: list[float] | None = None
     """longrope: per-band rescale (head_dim // 2 entries) for runs within the original length."""

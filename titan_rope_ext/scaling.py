@@ -131,11 +131,14 @@ def yarn_rope(
     the high-frequency end, ``beta_slow`` the low-frequency end. ``truncate`` floors/ceils
     the ramp's end points to whole dimensions as the reference code does.
 
-    ``arithmetic`` picks the floating-point order of the interpolated frequencies, which two
+    ``arithmetic`` picks the floating-point order of the interpolated frequencies, which
     reference implementations round differently (by at most 1 ulp, in some bands):
     ``"transformers"`` computes ``1 / (factor * theta ** (2i/d))`` (transformers, the YaRN
     authors' code); ``"deepseek"`` computes ``(1 / theta ** (2i/d)) / factor`` (DeepSeek-V3's
-    reference code, and so torchtitan's ``deepseek_v3``, which it reproduces bit for bit).
+    reference code, and so torchtitan 0.2's ``deepseek_v3``, which it reproduces bit for bit);
+    ``"torchtitan"`` also divides by ``factor`` after the power but blends with the ramp itself,
+    ``interpolated * ramp + extrapolated * (1 - ramp)``, as torchtitan 0.3's shared
+    ``models/common/rope.py`` does (bit for bit its ``scaling = "yarn"`` frequencies).
 
     Attention factor: ``attention_factor`` if given; else, with both ``mscale`` and
     ``mscale_all_dim`` (DeepSeek), ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)``;
@@ -159,12 +162,14 @@ def yarn_rope(
     inv_freq_extrapolation = 1.0 / wavelen_scale
     if arithmetic == "transformers":
         inv_freq_interpolation = 1.0 / (factor * wavelen_scale)
-    elif arithmetic == "deepseek":
+    elif arithmetic in ("deepseek", "torchtitan"):
         inv_freq_interpolation = inv_freq_extrapolation / factor
     else:
-        raise ValueError(f"arithmetic must be 'transformers' or 'deepseek', got {arithmetic!r}")
+        raise ValueError(f"arithmetic must be 'transformers', 'deepseek' or 'torchtitan', got {arithmetic!r}")
     band = torch.arange(head_dim // 2, dtype=torch.float32, device=device)
     ramp = torch.clamp((band - low) / (high - low), 0, 1)
+    if arithmetic == "torchtitan":
+        return inv_freq_interpolation * ramp + inv_freq_extrapolation * (1 - ramp), float(attention_factor)
     extrapolation_weight = 1 - ramp  # 1 for fast (high-frequency) bands, 0 for slow ones
     inv_freq = (
         inv_freq_interpolation * (1 - extrapolation_weight) + inv_freq_extrapolation * extrapolation_weight

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.lines import only_for
+
+collect_ignore_glob = only_for("0.2", "tests/integration")  # these tests run torchtitan 0.2 jobs
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 STEP_RE = re.compile(r"step:\s*(\d+)\s+loss:\s*([-\d.naninf]+)")

@@ -42,20 +42,38 @@ def test_eval_help_names_the_job_file():
     assert "--job.config_file JOB.toml" in out and "--checkpoint" in out and "<job.dump_folder>/eval/" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train"], "titan-rope train: error: needs a job: --job.config_file JOB.toml"),
-    (["train", "--job.config_file", "missing.toml"], "titan-rope train: error: --job.config_file: no such file 'missing.toml'"),
-    (["inspect", "missing.toml"], "titan-rope inspect: error: no such job file 'missing.toml'"),
+LINE = titan_rope_cli.torchtitan_line()
+YARN = str(CONFIGS / "llama3_debug_yarn.toml")
+NO_TOML_03 = "torchtitan 0.3 has no TOML jobs (--job.config_file): use --module M --config F"
+
+
+@pytest.mark.parametrize("args, message_02, message_03", [
+    (["train"], "titan-rope train: error: needs a job: --job.config_file JOB.toml",
+     "titan-rope train: error: needs a job: --module M --config F (torchtitan 0.3)"),
+    (["train", "--job.config_file", "missing.toml"],
+     "titan-rope train: error: --job.config_file: no such file 'missing.toml'", NO_TOML_03),
+    (["train", "--module", "llama3"], "titan-rope train: error: needs a job: --job.config_file JOB.toml",
+     "titan-rope train: error: needs a job: --module M --config F (torchtitan 0.3)"),
+    (["inspect", "missing.toml"], "titan-rope inspect: error: no such job file 'missing.toml'", NO_TOML_03),
+    (["inspect"], "titan-rope inspect: error: needs a job: titan-rope inspect JOB.toml",
+     "titan-rope inspect: error: needs a job: --module M --config F (torchtitan 0.3)"),
     (["eval", "--job.config_file", "missing.toml", "--checkpoint", "x"],
-     "titan-rope eval: error: --job.config_file: no such file 'missing.toml'"),
-    (["train", "--nproc", "0", "--job.config_file", str(CONFIGS / "llama3_debug_yarn.toml")],
+     "titan-rope eval: error: --job.config_file: no such file 'missing.toml'",
+     "titan-rope eval: error: eval reads torchtitan 0.2 jobs only so far"),
+    (["train", "--nproc", "0", "--job.config_file", YARN], "titan-rope train: error: --nproc must be >= 1, got 0",
      "titan-rope train: error: --nproc must be >= 1, got 0"),
-])
-def test_bad_invocations_get_one_line_and_status_2(args, message):
+], ids=["no-job", "missing-toml", "module-without-config", "inspect-missing-toml", "inspect-no-job", "eval", "nproc"])
+def test_bad_invocations_get_one_line_and_status_2(args, message_02, message_03):
     proc = cli(*args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert len(lines) == 1 and (message_03 if LINE == "0.3" else message_02) in lines[0], proc.stderr
+
+
+def test_the_cli_reads_the_installed_line_from_package_metadata():
+    import importlib.metadata
+
+    assert LINE == ".".join(importlib.metadata.version("torchtitan").split(".")[:2])
 
 
 def test_plot_without_matplotlib_names_the_extra(monkeypatch, capsys, tmp_path):

@@ -125,6 +125,19 @@ def test_yarn_arithmetic_orders_round_differently_by_at_most_one_ulp():
     assert 0 < int((hf != ds).sum()) < 32  # some bands really differ: the switch is not a no-op
 
 
+def test_yarn_torchtitan_arithmetic_blends_with_the_ramp_itself():
+    # torchtitan 0.3's models/common/rope.py order, written out in float32: interpolated * ramp +
+    # kept * (1 - ramp); "deepseek" blends with 1 - (1 - ramp), which rounds differently in the ramp
+    kw = dict(rope_type="yarn", factor=40.0, original_max_position_embeddings=4096)
+    tt, _ = rope_frequencies(RopeScaling(**kw, arithmetic="torchtitan"), 64, 1e4, 8192)
+    ds, _ = rope_frequencies(RopeScaling(**kw, arithmetic="deepseek"), 64, 1e4, 8192)
+    inv = 1.0 / (1e4 ** (torch.arange(0, 64, 2).float() / 64))
+    ramp = ((torch.arange(32, dtype=torch.float32) - 10) / (23 - 10)).clamp(0, 1)
+    assert torch.equal(tt, inv / 40.0 * ramp + inv * (1 - ramp))
+    assert torch.equal(tt[:11], ds[:11]) and torch.equal(tt[23:], ds[23:])  # outside the ramp: equal
+    assert (tt - ds).abs().le(torch.finfo(torch.float32).eps * tt).all()
+
+
 def test_yarn_attention_factor_variants():
     # DeepSeek: (0.1 * 1 * ln 4 + 1) / (0.1 * 0.5 * ln 4 + 1) = 1.1386294 / 1.0693147
     _, af = freqs(rope_type="yarn", factor=4.0, original_max_position_embeddings=64, mscale=1.0, mscale_all_dim=0.5)

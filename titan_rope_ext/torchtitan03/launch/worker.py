@@ -1,0 +1,31 @@
+"""Entry each rank runs for torchtitan 0.3: ``python -m titan_rope_ext.torchtitan03.launch.worker <args>``.
+
+``titan-rope train`` starts it with ``TITAN_ROPE_CPU_WORKER=1`` on hosts without an accelerator (the
+package applies the CPU shims on import, before torchtitan is imported). With ``TITAN_ROPE_CHECK=1``
+(one rank) it first runs the pre-launch check. Then it runs ``torchtitan.train`` as ``__main__`` -- what
+``torchrun -m torchtitan.train`` runs -- on the arguments rewritten to the ``jobs`` form, so torchtitan's
+own main parses the job (with its ``rope_scaling`` section) and builds and runs the Trainer.
+"""
+
+import os
+import runpy
+import sys
+
+from titan_rope_ext.launch.cpu import apply_cpu_shims
+from titan_rope_ext.torchtitan03.launch.args import with_rope_section
+
+
+def main() -> None:
+    if os.environ.get("TITAN_ROPE_CPU_WORKER") == "1":
+        apply_cpu_shims()  # already applied at package import; idempotent
+    args = sys.argv[1:]
+    if os.environ.get("TITAN_ROPE_CHECK") == "1":
+        from titan_rope_ext.torchtitan03.launch.check import check_or_exit
+
+        check_or_exit(args)
+    sys.argv = [sys.argv[0], *with_rope_section(args)]
+    runpy.run_module("torchtitan.train", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

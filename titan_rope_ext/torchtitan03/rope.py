@@ -1,0 +1,78 @@
+"""Our RoPE modules for torchtitan 0.3: stock ``ComplexRoPE`` / ``CosSinRoPE`` with the cache from ``[rope_scaling]``.
+
+torchtitan 0.3 gives each attention layer a RoPE module built from a ``RoPE.Config``
+(``torchtitan/models/common/rope.py``). The module registers its cache as a non-persistent buffer
+from ``_precompute_cache()`` at construction (on meta in the Trainer) and rebuilds it through
+``init_states`` -> ``_init_self_buffers`` on the real device. Our modules change only
+``_precompute_cache``: the cache is ``titan_rope_ext.cache``'s layout of ``rope_frequencies(section,
+dim, theta, max_seq_len)``, so its rows, shape, dtype, positions handling and ``apply_rotary_emb``
+stay stock's, and the cache never reaches a checkpoint.
+
+Attention factor: the cache's magnitude (complex) or a factor on cos and sin, as transformers
+scales cos and sin; q and k each carry it once, so the logits carry its square, exactly once. The
+inherited stock scaling fields are pinned to ``scaling = "none"``: attention code that reads them to
+fold a YaRN factor into its softmax scale sees none, and the section alone decides the RoPE.
+
+The configs subclass the stock ones, so ``isinstance`` checks (e.g. the HF state-dict adapters'
+``_validate_hf_rope_config``) and ``dataclasses.replace`` (``update_from_config`` resizes
+``max_seq_len``) keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torchtitan.models.common.rope import ComplexRoPE, CosSinRoPE
+
+from titan_rope_ext.cache import complex_cache, cos_sin_cache
+from titan_rope_ext.config import rope_frequencies, RopeScaling
+
+
+def _check(config) -> None:
+    if config.scaling != "none":
+        raise ValueError(
+            f"{type(config).__qualname__}.scaling must be 'none' (rope_scaling decides the RoPE), "
+            f"got {config.scaling!r}"
+        )
+    if config.rope_scaling.rope_type is None:
+        raise ValueError("rope_scaling.from_hf_assets is not resolved: build the config through "
+                         "titan_rope_ext.torchtitan03.models.scale_model")
+    config.rope_scaling.check_head_dim(config.dim)
+
+
+def frequencies(config) -> tuple[torch.Tensor, float]:
+    """``(inv_freq, attention_factor)`` of one of our RoPE configs, for ``max_seq_len`` positions."""
+    return rope_frequencies(config.rope_scaling, config.dim, config.theta, config.max_seq_len)
+
+
+class ScaledComplexRoPE(ComplexRoPE):
+    """``ComplexRoPE`` (complex64 ``(max_seq_len, dim // 2)``, adjacent pairs) with the cache from ``rope_scaling``."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(ComplexRoPE.Config):
+        rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+        """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
+
+        def __post_init__(self) -> None:
+            _check(self)
+
+    def _precompute_cache(self) -> torch.Tensor:
+        inv_freq, attention_factor = frequencies(self.config)
+        return complex_cache(inv_freq, attention_factor, self.config.max_seq_len)
+
+
+class ScaledCosSinRoPE(CosSinRoPE):
+    """``CosSinRoPE`` (float32 ``(max_seq_len, 2 * dim)`` = ``[cos | sin]``, rotate-half) with the cache from ``rope_scaling``."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(CosSinRoPE.Config):
+        rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+        """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
+
+        def __post_init__(self) -> None:
+            _check(self)
+
+    def _precompute_cache(self) -> torch.Tensor:
+        inv_freq, attention_factor = frequencies(self.config)
+        return cos_sin_cache(inv_freq, attention_factor, self.config.max_seq_len)
