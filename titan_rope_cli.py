@@ -8,9 +8,9 @@
 
 Arguments other than the subcommand's own go to torchtitan unchanged. The job is parsed with
 torchtitan's ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
-(``titan_rope_ext.launch.check``; a bad job exits with status 2 and a message naming the key).
+(``titan_rope_ext.torchtitan02.launch.check``; a bad job exits with status 2 and a message naming the key).
 N = 1 runs one rank process directly; N > 1 runs the check, then torchrun (``--standalone``,
-rank 0's log shown). Each rank runs ``torchtitan.train``'s main (``titan_rope_ext.launch.worker``).
+rank 0's log shown). Each rank runs ``torchtitan.train``'s main (``titan_rope_ext.torchtitan02.launch.worker``).
 
 The job's form follows the installed torchtitan: a TOML file (``--job.config_file``) on 0.2.x, a config
 function (``--module M --config F``) on 0.3.x; each line's rank entry and pre-launch check live in its
@@ -79,7 +79,7 @@ def torchtitan_line() -> str | None:
 
 def launch_package(line: str | None) -> str:
     """Where the rank entry and the pre-launch check live for a torchtitan line."""
-    return "titan_rope_ext.torchtitan03.launch" if line == "0.3" else "titan_rope_ext.launch"
+    return "titan_rope_ext.torchtitan03.launch" if line == "0.3" else "titan_rope_ext.torchtitan02.launch"
 
 
 def accelerator_available() -> bool:
@@ -277,14 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail(sub, "needs a job: titan-rope inspect JOB.toml (shipped jobs: configs/*.toml)")
             if not os.path.isfile(ns.config):
                 return _fail(sub, f"no such job file {ns.config!r}")
-            from titan_rope_ext.tools import inspect_rope
+            from titan_rope_ext.torchtitan02.tools import inspect_rope
         return inspect_rope.run(ns, rest)
     if ns.command in ("eval", "export") and line == "0.3":
         return _fail(sub, f"{ns.command} reads torchtitan 0.2 jobs only so far; install torchtitan 0.2.x")
     if ns.command == "eval":
         if not os.path.isfile(ns.job_config_file):
             return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
-        from titan_rope_ext.tools import evaluate
+        from titan_rope_ext.torchtitan02.tools import evaluate
 
         return evaluate.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.command == "export":
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(sub, "--config-only writes no weights; drop --checkpoint")
         if not ns.config_only and not (ns.checkpoint and ns.out):
             return _fail(sub, "--checkpoint and --out are required (or --config-only)")
-        from titan_rope_ext.tools import export
+        from titan_rope_ext.torchtitan02.tools import export
 
         return export.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.nproc < 1:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 def build(args, cfg=None):
     from torchtitan.models.llama3.model.model import Transformer
 
-    from titan_rope_ext.models.llama3 import ADAPTER
+    from titan_rope_ext.torchtitan02.models.llama3 import ADAPTER
 
     with torch.device("meta"):
         model = Transformer(args)

@@ -113,8 +113,9 @@ def main() -> int:
          str(dcp_step), "--out", str(out / "hf")])
 
     print("4. transformers against torchtitan")
-    from titan_rope_ext.launch.check import preflight
-    from titan_rope_ext.tools.evaluate import build_model, heldout_stream, load_checkpoint
+    from titan_rope_ext.torchtitan02.launch.check import preflight
+    from titan_rope_ext.torchtitan02.tools.evaluate import build_model
+    from titan_rope_ext.tools.evaluation import heldout_stream, load_checkpoint
 
     parsed = preflight(["--job.config_file", str(job)])
     model, tokenizer = build_model(parsed, parsed.training.seq_len, torch.device("cpu"))

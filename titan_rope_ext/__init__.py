@@ -29,4 +29,4 @@ __version__ = "0.1.0"
 from titan_rope_ext._torchtitan import torchtitan_line  # noqa: E402
 
 if torchtitan_line() == "0.2":
-    import titan_rope_ext.converter  # noqa: F401  (registers the converter)
+    import titan_rope_ext.torchtitan02.converter  # noqa: F401  (registers the converter)

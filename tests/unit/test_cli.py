@@ -3,12 +3,15 @@
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import titan_rope_cli
 from titan_rope_ext import RopeScaling
-from tests.integration.conftest import CONFIGS, REPO
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
 
 
 def cli(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:

@@ -38,7 +38,7 @@ def test_core_imports_without_torchtitan():
 
 def test_each_lines_glue_loads_only_under_its_line():
     proc = run("import sys, titan_rope_ext\n"
-               "print('titan_rope_ext.converter' in sys.modules)\n"
+               "print('titan_rope_ext.torchtitan02.converter' in sys.modules)\n"
                "try:\n"
                "    import titan_rope_ext.torchtitan03.trainer\n"
                "    print('0.3 glue')\n"

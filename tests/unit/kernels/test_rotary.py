@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.library import opcheck
 
-from tests.unit.models.helpers import rotate_pairs_reference
+from tests.reference import rotate_pairs_reference
 from titan_rope_ext.kernels.rotary import rotary, rotary_reference
 
 B, S, HQ, HK, D = 2, 12, 4, 2, 16

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.tools.inspect_rope import decode, Inspection, plot, table, trained_length
+from titan_rope_ext.tools.rope_bands import decode, Inspection, plot, table, trained_length
 
 
 def inspect_job(args: list[str]) -> Inspection:
