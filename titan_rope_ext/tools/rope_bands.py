@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+from typing import Callable
 
 import torch
 
@@ -135,3 +137,18 @@ def plot(ins: Inspection, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def report(resolve: Callable[[], Inspection], plot_path: str | None, errors: type[Exception]) -> int:
+    """``titan-rope inspect``'s output for either line: the table (and the plot) of ``resolve()``, or one line
+    and status 2 when it raises ``errors`` (that line's ConfigError)."""
+    try:
+        ins = resolve()
+    except errors as e:
+        print(f"titan-rope: error: {e}", file=sys.stderr)
+        return 2
+    print(table(ins))
+    if plot_path:
+        plot(ins, plot_path)
+        print(f"plot: {plot_path}")
+    return 0

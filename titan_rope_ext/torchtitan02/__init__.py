@@ -14,13 +14,6 @@ Everything here imports torchtitan 0.2; the core (``titan_rope_ext.config``, ``s
 ``hf``, ``hf_export``, ``kernels``) imports no torchtitan.
 """
 
-from titan_rope_ext._torchtitan import torchtitan_line
+from titan_rope_ext._torchtitan import require_line
 
-if torchtitan_line() != "0.2":
-    import importlib.metadata
-
-    try:
-        _found = f"torchtitan {importlib.metadata.version('torchtitan')}"
-    except importlib.metadata.PackageNotFoundError:
-        _found = "no torchtitan"
-    raise ImportError(f"titan_rope_ext.torchtitan02 serves torchtitan 0.2.x; this environment has {_found}")
+require_line("0.2", __name__)

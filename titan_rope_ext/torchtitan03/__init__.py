@@ -17,13 +17,6 @@ Everything here imports torchtitan 0.3; the core (``titan_rope_ext.config``, ``s
 ``hf``) imports no torchtitan.
 """
 
-from titan_rope_ext._torchtitan import torchtitan_line
+from titan_rope_ext._torchtitan import require_line
 
-if torchtitan_line() != "0.3":
-    import importlib.metadata
-
-    try:
-        _found = f"torchtitan {importlib.metadata.version('torchtitan')}"
-    except importlib.metadata.PackageNotFoundError:
-        _found = "no torchtitan"
-    raise ImportError(f"titan_rope_ext.torchtitan03 serves torchtitan 0.3.x; this environment has {_found}")
+require_line("0.3", __name__)

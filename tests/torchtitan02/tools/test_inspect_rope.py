@@ -10,6 +10,7 @@ from torchtitan.models.llama3.model.model import precompute_freqs_cis
 
 from titan_rope_ext import RopeScaling, rope_frequencies
 from titan_rope_ext.torchtitan02.tools import inspect_rope
+from titan_rope_ext.tools.rope_bands import table
 
 CONFIGS = inspect_rope.__file__.rsplit("/titan_rope_ext/", 1)[0] + "/configs"
 
@@ -28,7 +29,7 @@ def test_llama3_yarn_bands():
     stock = precompute_freqs_cis(16, 256, 500000.0, RoPEScalingArgs())[1].angle().double()
     torch.testing.assert_close(ins.stock, stock, rtol=1e-6, atol=0)
     assert ins.stock_factor == pytest.approx(1.0)
-    lines = inspect_rope.table(ins).splitlines()
+    lines = table(ins).splitlines()
     bands = [line.split() for line in lines if line[:4].strip().isdigit()]
     assert len(bands) == 8
     # band 0 turns 32+ times over 64 tokens: kept; bands 2.. turn less than once: interpolated by 4, covering 4 x 64
@@ -64,9 +65,9 @@ def test_bad_job_exits_2_with_the_training_message(overrides, message, capsys):
 
 def test_seq_len_past_the_scaled_window_is_flagged():
     ins = inspect_rope.inspect_job(job("llama3_debug_yarn", "--training.seq_len", "512"))
-    lines = inspect_rope.table(ins).splitlines()
+    lines = table(ins).splitlines()
     assert lines[3] == ("WARNING: training.seq_len = 512 exceeds rope_scaling.original_max_position_embeddings (64) "
                         "x rope_scaling.factor (4) = 256: positions past 256 extrapolate beyond the scaled window; "
                         "raise factor to at least 8")
-    assert not any(line.startswith("WARNING") for line in inspect_rope.table(inspect_rope.inspect_job(
+    assert not any(line.startswith("WARNING") for line in table(inspect_rope.inspect_job(
         job("llama3_debug_yarn"))).splitlines())

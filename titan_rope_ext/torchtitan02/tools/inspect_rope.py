@@ -19,7 +19,7 @@ import sys
 import torch
 
 from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.tools.rope_bands import decode, Inspection, plot, table, trained_length
+from titan_rope_ext.tools.rope_bands import decode, Inspection, report, trained_length
 
 
 def inspect_job(args: list[str]) -> Inspection:
@@ -57,16 +57,7 @@ def run(opts, overrides: list[str]) -> int:
     """``titan-rope inspect`` with parsed options (``config``, ``plot``) and torchtitan ``overrides``."""
     from titan_rope_ext.torchtitan02.launch.check import ConfigError
 
-    try:
-        ins = inspect_job(["--job.config_file", opts.config, *overrides])
-    except ConfigError as e:
-        print(f"titan-rope: error: {e}", file=sys.stderr)
-        return 2
-    print(table(ins))
-    if opts.plot:
-        plot(ins, opts.plot)
-        print(f"plot: {opts.plot}")
-    return 0
+    return report(lambda: inspect_job(["--job.config_file", opts.config, *overrides]), opts.plot, ConfigError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from titan_rope_ext.config import rope_frequencies, RopeScaling
-from titan_rope_ext.tools.rope_bands import decode, Inspection, plot, table, trained_length
+from titan_rope_ext.tools.rope_bands import decode, Inspection, report, trained_length
 
 
 def inspect_job(args: list[str]) -> Inspection:
@@ -49,16 +49,7 @@ def run(opts, args: list[str]) -> int:
     """``titan-rope inspect`` on torchtitan 0.3 with parsed options (``plot``) and the job's arguments."""
     from titan_rope_ext.torchtitan03.launch.check import ConfigError
 
-    try:
-        ins = inspect_job(args)
-    except ConfigError as e:
-        print(f"titan-rope: error: {e}", file=sys.stderr)
-        return 2
-    print(table(ins))
-    if opts.plot:
-        plot(ins, opts.plot)
-        print(f"plot: {opts.plot}")
-    return 0
+    return report(lambda: inspect_job(args), opts.plot, ConfigError)
 
 
 def main(argv: list[str] | None = None) -> int:
