@@ -35,6 +35,7 @@ from torchtitan.models.common.attention import BaseAttention
 from torchtitan.tools.logging import logger
 
 from titan_rope_ext.config import RopeScaling
+from titan_rope_ext.torchtitan03.cache_share import CacheSharing
 from titan_rope_ext.torchtitan03.models import adapter_for, scaled_rope, summary
 
 _KEYS = tuple(f.name for f in dataclasses.fields(RopeScaling))
@@ -55,15 +56,23 @@ def _section(keys_json: str) -> RopeScaling:
     return RopeScaling(**keys)
 
 
+@functools.cache
+def _sharing(keys_json: str) -> CacheSharing:
+    """One ``CacheSharing`` per setting: a factory sees one attention at a time, not its model. It holds no
+    tensor; each model built from the overridden configs still gets its own cache (``cache_share``)."""
+    return CacheSharing()
+
+
 _logged: set[str] = set()
 
 
 @override(target=BaseAttention.Config, description="RoPE context extension (titan_rope_ext rope_scaling)")
 def rope_scaling(cfg, **keys):
     """``cfg`` (one attention config) with its RoPE config swapped for ours, decided by ``keys``."""
-    section = _section(json.dumps(keys, sort_keys=True))
+    keys_json = json.dumps(keys, sort_keys=True)
+    section = _section(keys_json)
     adapter = adapter_for(cfg, f"attention {type(cfg).__qualname__}")
-    new = dataclasses.replace(cfg, rope=scaled_rope(adapter, cfg.rope, section))
+    new = dataclasses.replace(cfg, rope=scaled_rope(adapter, cfg.rope, section, cache_sharing=_sharing(keys_json)))
     line = summary(adapter, new.rope)
     if line not in _logged:  # one line per distinct setting, not one per layer
         _logged.add(line)

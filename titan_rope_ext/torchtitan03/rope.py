@@ -16,6 +16,14 @@ fold a YaRN factor into its softmax scale sees none, and the section alone decid
 The configs subclass the stock ones, so ``isinstance`` checks (e.g. the HF state-dict adapters'
 ``_validate_hf_rope_config``) and ``dataclasses.replace`` (``update_from_config`` resizes
 ``max_seq_len``) keep working.
+
+One cache per model: a config converted by ``scale_model`` carries a ``CacheSharing``
+(``cache_share.py``); every RoPE module built from it still registers its own ``cache`` buffer, but
+all of them (per model, or per pipeline stage) hold the same tensor, where stock 0.3 holds one per
+layer. ``_precompute_cache`` takes it from the model's ``SharedCache`` (which builds it once with
+``_build_cache``, the formula), and ``_apply`` (``to_empty``, ``.to``) transforms it once for all
+layers. A config without one (built directly, ``cache_sharing=None``) gives each module its own, as
+stock.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from torchtitan.models.common.rope import ComplexRoPE, CosSinRoPE
 
 from titan_rope_ext.cache import complex_cache, cos_sin_cache
 from titan_rope_ext.config import rope_frequencies, RopeScaling
+from titan_rope_ext.torchtitan03.cache_share import CacheSharing, SharedCache
 
 
 def _check(config) -> None:
@@ -46,7 +55,55 @@ def frequencies(config) -> tuple[torch.Tensor, float]:
     return rope_frequencies(config.rope_scaling, config.dim, config.theta, config.max_seq_len)
 
 
-class ScaledComplexRoPE(ComplexRoPE):
+def _build(config, stock_config: type, **kwargs):
+    """``config.build()``: stock's, plus this model's ``SharedCache`` for the module (``cache_sharing`` set)."""
+    if config.cache_sharing is not None and "cache_owner" not in kwargs:
+        kwargs["cache_owner"] = config.cache_sharing.owner_for(config)
+    return stock_config.build(config, **kwargs)  # slots dataclasses have no zero-argument super()
+
+
+class _OneCachePerModel:
+    """What both our RoPE modules add to the stock module: the model's one cache instead of one per layer.
+
+    The buffer stays stock's (``RoPE.__init__`` registers ``cache``, non-persistent, from
+    ``_precompute_cache``; ``_init_self_buffers`` reassigns it after ``to_empty``); only which tensor
+    it is changes: every module of one model gets the same one from ``self._cache_owner``.
+    """
+
+    _cache_owner: SharedCache | None = None
+
+    def __init__(self, config, *, cache_owner: SharedCache | None = None):
+        self._cache_owner = cache_owner  # before RoPE.__init__ registers the buffer from _precompute_cache
+        super().__init__(config)
+
+    def cache_key(self) -> tuple:
+        """What decides the cache's values: modules with equal keys may hold one tensor."""
+        c = self.config
+        return type(self).__qualname__, c.dim, c.max_seq_len, c.theta, repr(c.rope_scaling)
+
+    def _precompute_cache(self) -> torch.Tensor:
+        # on the current default device: meta at construction in the Trainer, buffer_device in init_states
+        if self._cache_owner is None:
+            return self._build_cache()
+        return self._cache_owner.cache(self, self._build_cache)
+
+    def _apply(self, fn, recurse=True):
+        cache = self._buffers.get("cache")
+        if self._cache_owner is None or cache is None:
+            return super()._apply(fn, recurse=recurse)
+        # nn.Module._apply would give each layer its own fn(cache) (to_empty: one empty cache per layer);
+        # the owner computes it once for every module holding this cache
+        with self._preserve_buffer_spmd_types():
+            self._buffers["cache"] = None  # skipped by nn.Module._apply
+            try:
+                super()._apply(fn, recurse=recurse)
+            finally:
+                self._buffers["cache"] = cache
+            self._buffers["cache"] = self._cache_owner.apply(fn, self, cache)
+        return self
+
+
+class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
     """``ComplexRoPE`` (complex64 ``(max_seq_len, dim // 2)``, adjacent pairs) with the cache from ``rope_scaling``."""
 
     @dataclass(kw_only=True, slots=True)
@@ -54,15 +111,22 @@ class ScaledComplexRoPE(ComplexRoPE):
         rope_scaling: RopeScaling = field(default_factory=RopeScaling)
         """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
 
+        cache_sharing: CacheSharing | None = field(default=None, compare=False, repr=False)
+        """One cache for every RoPE module built from this model config (``scale_model`` sets it);
+        None: one cache per module, as stock."""
+
         def __post_init__(self) -> None:
             _check(self)
 
-    def _precompute_cache(self) -> torch.Tensor:
+        def build(self, **kwargs):
+            return _build(self, ComplexRoPE.Config, **kwargs)
+
+    def _build_cache(self) -> torch.Tensor:
         inv_freq, attention_factor = frequencies(self.config)
         return complex_cache(inv_freq, attention_factor, self.config.max_seq_len)
 
 
-class ScaledCosSinRoPE(CosSinRoPE):
+class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
     """``CosSinRoPE`` (float32 ``(max_seq_len, 2 * dim)`` = ``[cos | sin]``, rotate-half) with the cache from ``rope_scaling``."""
 
     @dataclass(kw_only=True, slots=True)
@@ -70,9 +134,16 @@ class ScaledCosSinRoPE(CosSinRoPE):
         rope_scaling: RopeScaling = field(default_factory=RopeScaling)
         """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
 
+        cache_sharing: CacheSharing | None = field(default=None, compare=False, repr=False)
+        """One cache for every RoPE module built from this model config (``scale_model`` sets it);
+        None: one cache per module, as stock."""
+
         def __post_init__(self) -> None:
             _check(self)
 
-    def _precompute_cache(self) -> torch.Tensor:
+        def build(self, **kwargs):
+            return _build(self, CosSinRoPE.Config, **kwargs)
+
+    def _build_cache(self) -> torch.Tensor:
         inv_freq, attention_factor = frequencies(self.config)
         return cos_sin_cache(inv_freq, attention_factor, self.config.max_seq_len)

@@ -21,6 +21,7 @@ import torch
 from torchtitan.config import derive
 
 from titan_rope_ext.config import rope_frequencies, RopeScaling
+from titan_rope_ext.torchtitan03.cache_share import CacheSharing
 
 # torchtitan model name -> adapter module
 _ADAPTER_MODULES = {
@@ -87,11 +88,13 @@ def check_section(section: RopeScaling) -> None:
                          "use 'torchtitan' (the RoPE module's own apply_rotary_emb)")
 
 
-def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len: int | None = None):
+def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len: int | None = None,
+                cache_sharing: CacheSharing | None = None):
     """Our RoPE config for ``rope_config`` (stock), decided by ``section``; ``max_seq_len`` resizes the cache.
 
     ``section`` must be resolved (``from_hf_assets`` turned into ``hf_config``). Checks the
     section against the RoPE's dim (longrope list lengths) here, before anything is built.
+    ``cache_sharing``: one object for all layers of a model config, so they hold one cache.
     """
     check_section(section)
     if section.rope_type is None:
@@ -99,7 +102,8 @@ def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len
     section.check_head_dim(rope_config.dim)
     deltas = {"max_seq_len": max_seq_len} if max_seq_len is not None else {}
     # every stock field copied (torchtitan's own derive); the stock scaling fields stop meaning anything
-    return derive(rope_config, adapter.rope, scaling="none", rope_scaling=section, **deltas)
+    return derive(rope_config, adapter.rope, scaling="none", rope_scaling=section, cache_sharing=cache_sharing,
+                  **deltas)
 
 
 def attentions(model_config) -> list[tuple[str, object, object]]:
@@ -136,11 +140,14 @@ def scale_model(model_config, section: RopeScaling, max_seq_len: int | None = No
 
     ``max_seq_len`` (the run's ``training.seq_len``) resizes every cache; set, it lifts stock's
     refusal of training past the flavor's RoPE length, whose check reads these configs. Nothing
-    is built. Returns the one-line summary to log.
+    is built. Every layer's RoPE of a model built from it holds one cache (``cache_share``). Returns
+    the one-line summary to log.
     """
     adapter = check_model(model_config, section, model_name)
+    sharing = CacheSharing()
     for _, layer, attention in attentions(model_config):
-        layer.attention = dataclasses.replace(attention, rope=scaled_rope(adapter, attention.rope, section, max_seq_len))
+        layer.attention = dataclasses.replace(
+            attention, rope=scaled_rope(adapter, attention.rope, section, max_seq_len, cache_sharing=sharing))
     return summary(adapter, attentions(model_config)[0][2].rope)
 
 
