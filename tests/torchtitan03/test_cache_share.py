@@ -70,6 +70,14 @@ def test_after_0_3_init_every_layer_holds_one_storage_with_the_formula_bits(mode
     assert len(storages(build(model_config(model)))) == n_layers
 
 
+def test_to_empty_allocates_one_cache_not_one_per_layer():
+    with torch.device("meta"):
+        model = converted("qwen3").build()
+    assert len({c.untyped_storage()._cdata for c in caches(model)}) == 1  # built on meta: one tensor already
+    model.to_empty(device="cpu")  # nn.Module._apply alone would give each layer its own empty cache
+    assert len(storages(model)) == 1 and all(c is caches(model)[0] for c in caches(model))
+
+
 def test_two_models_never_share():
     config = converted("llama3")
     first, second = build(config), build(config)

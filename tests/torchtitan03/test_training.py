@@ -1,7 +1,8 @@
 """Real torchtitan 0.3 Trainer runs on CPU (marker ``integration``): ``titan-rope train`` for every method on the
-llama3 debug flavor, qwen3 with YaRN, 2 ranks with FSDP2 over gloo, exact checkpoint resume, stock
-``torchtitan.train`` with ``--override.imports`` and with the converter, training past the cap, and the first loss
-after loading a transformers checkpoint (``initial_load_in_hf``) against transformers' own."""
+llama3 debug flavor, qwen3 with YaRN, 2 ranks with FSDP2 over gloo, one RoPE cache per rank under FSDP2, TP and PP
+(2 ranks, both ranks' logs), exact checkpoint resume, stock ``torchtitan.train`` with ``--override.imports`` and
+with the converter, training past the cap, and the first loss after loading a transformers checkpoint
+(``initial_load_in_hf``) against transformers' own."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_RE = re.compile(r"step:\s*(\d+)\s+loss:\s*([-\d.naninf]+)")
+CACHE_RE = re.compile(r"rope_scaling: rank (\d+): (\d+) RoPE layers share (\d+) cache storage\(s\): (.*)")
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 OVERRIDE = "titan_rope_ext.torchtitan03.override.rope_scaling"
 METHOD_FLAGS = {
@@ -68,6 +70,22 @@ def titan_rope(*args: str, nproc: int = 1, timeout: int = 600) -> Run:
     return Run(proc.returncode, proc.stdout + proc.stderr)
 
 
+def both_ranks(*args: str, timeout: int = 600) -> Run:
+    """2 CPU ranks as ``titan-rope train --nproc 2`` starts them (torchrun, gloo, the package's rank entry), with
+    both ranks' output (``titan-rope`` shows rank 0's only)."""
+    env = dict(os.environ, TITAN_ROPE_CPU_WORKER="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                           "titan_rope_ext.torchtitan03.launch.worker", *map(str, args),
+                           "--training.mixed_precision_param", "float32"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return Run(proc.returncode, proc.stdout + proc.stderr)
+
+
+def cache_lines(run: Run) -> dict[int, tuple[int, int, str]]:
+    """rank -> (RoPE layers, cache storages, rest of the line), from RopeTrainer's line after init."""
+    return {int(r): (int(n), int(k), rest) for r, n, k, rest in CACHE_RE.findall(ANSI_RE.sub("", run.output))}
+
+
 def stock_train(*args: str, timeout: int = 600) -> Run:
     """torchtitan's own ``train.py`` main in one CPU process: the package is imported first so its CPU shims
     (applied only with TITAN_ROPE_CPU_WORKER=1) precede torchtitan's device detection, as in titan-rope's ranks."""
@@ -89,6 +107,9 @@ def test_every_method_trains_llama3_debug_through_titan_rope(method, tmp_path):
                      *small(tmp_path)).check(steps=3)
     assert f"rope_scaling: llama3: rope_type={method}" in run.output
     assert "seq_len=128" in run.output
+    # one rank: FSDP2 of degree 1, the Trainer's own parallelize; 6 layers, one complex64 (128, 8) cache
+    assert cache_lines(run) == {0: (6, 1, "complex64 [128, 8] on cpu, 8192 bytes (one cache per layer, "
+                                         "stock 0.3: 49152 bytes)")}
 
 
 def test_qwen3_yarn_recipe_trains(tmp_path):
@@ -102,6 +123,38 @@ def test_two_ranks_fsdp2_over_gloo(tmp_path):
     run = titan_rope("--module", "llama3", "--config", "llama3_debugmodel", *METHOD_FLAGS["yarn"],
                      *small(tmp_path, batch=1), nproc=2).check(steps=3)
     assert "dp_shard=2" in run.output and "Applied FSDP to the model" in run.output
+
+
+TWO_RANKS = {
+    "fsdp": ["--parallelism.data_parallel_shard_degree", "2"],
+    "tp": ["--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "1"],
+    "tp_dtensor": ["--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "1",
+                   "--parallelism.spmd_backend", "partial_dtensor"],
+    "pp": ["--parallelism.pipeline_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "1",
+           "--parallelism.pipeline_parallel_microbatch_size", "1", "--training.disable_cuda_graphs"],
+}
+
+
+@pytest.mark.parametrize("parallelism", list(TWO_RANKS))
+def test_two_ranks_hold_one_rope_cache_each(parallelism, tmp_path):
+    # What each rank holds after the Trainer's parallelize, to_empty and init_weights, from RopeTrainer's line.
+    # fsdp: buffers are not sharded; tp: 0.3's default spmd_types backend, and partial_dtensor, where the cache
+    # is a Replicate DTensor per layer (decoder_sharding.py), all aliasing one storage; pp: the interleaved
+    # schedule puts 2 stages on each rank (6 layers: 1+2 / 2+1), each stage with its own cache.
+    run = both_ranks("--module", "llama3", "--config", "llama3_debugmodel", *METHOD_FLAGS["yarn"],
+                     *TWO_RANKS[parallelism], *small(tmp_path, steps=2))
+    assert run.returncode == 0, run.output[-6000:]
+    lines = cache_lines(run)
+    assert sorted(lines) == [0, 1], run.output[-3000:]
+    if parallelism == "pp":
+        assert {r: line[:2] for r, line in lines.items()} == {0: (3, 2), 1: (3, 2)}
+        assert all("model part 0: " in line[2] and ", model part 1: " in line[2] for line in lines.values())
+        assert all(line[2].count("layers, 1 storage(s)") == 2 for line in lines.values())
+    else:
+        assert {r: line[:2] for r, line in lines.items()} == {0: (6, 1), 1: (6, 1)}
+        dtensor = "(DTensor (Replicate(),))" in lines[0][2]
+        assert dtensor == (parallelism == "tp_dtensor"), lines[0][2]
+    assert sorted(run.losses) == [1, 2] and all(v == v for v in run.losses.values())
 
 
 def test_checkpoint_resume_is_exact_and_holds_no_rope(tmp_path):

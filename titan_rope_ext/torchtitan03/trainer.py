@@ -10,7 +10,8 @@ against the model when the config is built (``__post_init__``: unsupported model
 lengths, ``from_hf_assets`` without a config.json), i.e. while the job is parsed, before any rank
 or device work. ``RopeTrainer.__init__`` swaps the RoPE configs before ``Trainer.__init__`` runs
 ``update_from_config``, with ``max_seq_len = training.seq_len``: the cache is built for the run's
-length, so training past the flavor's RoPE length is not refused.
+length, so training past the flavor's RoPE length is not refused. After the model is built and
+initialized it logs, per model part, how many RoPE layers share how many cache storages.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
 from torchtitan.tools.logging import logger
 from torchtitan.trainer import Trainer
 
 from titan_rope_ext.config import RopeScaling
+from titan_rope_ext.torchtitan03.cache_share import report_line, rope_cache_report
 from titan_rope_ext.torchtitan03.models import check_model, scale_model
 
 
@@ -60,3 +63,11 @@ class RopeTrainer(Trainer):
                            max_seq_len=config.training.seq_len, model_name=config.model_spec.name)
         logger.info(f"rope_scaling: {line}")
         super().__init__(config)
+        # after init_weights: what each rank's model (each pipeline stage) really holds
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        parts = self.model_parts
+        line = f"rope_scaling: rank {rank}: {report_line(rope_cache_report(*parts))}"
+        if len(parts) > 1:  # this rank's pipeline stages: one cache each
+            line += "; " + ", ".join(f"model part {i}: {r['rope_modules']} layers, {r['unique_storages']} storage(s)"
+                                     for i, r in enumerate(rope_cache_report(part) for part in parts))
+        logger.info(line)
