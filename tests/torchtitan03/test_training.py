@@ -1,6 +1,6 @@
 """Real torchtitan 0.3 Trainer runs on CPU (marker ``integration``): ``titan-rope train`` for every method on the
 llama3 debug flavor, qwen3 with YaRN, 2 ranks with FSDP2 over gloo, one RoPE cache per rank under FSDP2, TP and PP
-(2 ranks, both ranks' logs), exact checkpoint resume, stock ``torchtitan.train`` with ``--override.imports`` and
+(2 ranks, both ranks' logs) and under CP (forward only: ``cp_probe.py``), exact checkpoint resume, stock ``torchtitan.train`` with ``--override.imports`` and
 with the converter, training past the cap, and the first loss after loading a transformers checkpoint
 (``initial_load_in_hf``) against transformers' own."""
 
@@ -155,6 +155,24 @@ def test_two_ranks_hold_one_rope_cache_each(parallelism, tmp_path):
         dtensor = "(DTensor (Replicate(),))" in lines[0][2]
         assert dtensor == (parallelism == "tp_dtensor"), lines[0][2]
     assert sorted(run.losses) == [1, 2] and all(v == v for v in run.losses.values())
+
+
+def test_two_ranks_context_parallel_read_one_full_cache_each():
+    # CP cannot train on CPU (cp_probe.py says why); forward only through 0.3's CP pieces: each rank holds one
+    # full-length cache (CP shards inputs and positions, never the cache) and its output rows are the model's
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "tests.torchtitan03.cp_probe"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    ranks = {r["rank"]: r for r in (json.loads(line.split("CP_PROBE ", 1)[1])
+                                    for line in proc.stdout.splitlines() if "CP_PROBE " in line)}
+    assert sorted(ranks) == [0, 1]
+    # head-tail balancing: 4 chunks of 64 rows, rank 0 the first and last, rank 1 the middle two
+    assert ranks[0]["rows"] == [*range(0, 64), *range(192, 256)] and ranks[1]["rows"] == list(range(64, 192))
+    for r in ranks.values():
+        assert (r["rope_modules"], r["unique_storages"], r["cache_rows"]) == (2, 1, 256)
+        assert r["positions_are_the_rows"] and r["max_abs_diff"] < 1e-5
 
 
 def test_checkpoint_resume_is_exact_and_holds_no_rope(tmp_path):
