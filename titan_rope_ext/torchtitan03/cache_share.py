@@ -11,8 +11,8 @@ checkpointing see an ordinary buffer, and no checkpoint holds it), but every mod
 holds the same tensor object. Two objects make that so:
 
 * ``CacheSharing``: carried by every converted RoPE config of one model config (set by
-  ``scale_model``; 0.3's per-layer copies and ``update_from_config`` are ``dataclasses.replace``,
-  which shares it). At each RoPE module's build it hands out the ``SharedCache`` of the current
+  ``scale_model``, one per setting by the override; 0.3's per-layer copies and
+  ``update_from_config`` are ``dataclasses.replace``, which shares it). At each RoPE module's build it hands out the ``SharedCache`` of the current
   build, and starts a new one when a config already built is built again or when the current
   model has been materialized: two models built from one config tree do not share.
 * ``SharedCache``: held by the RoPE modules of one built model. ``_precompute_cache`` (construction
@@ -25,8 +25,10 @@ holds the same tensor object. Two objects make that so:
   float32: ``apply_rotary_emb`` computes in float32 whatever q and k are; a complex64 cache cast to
   bfloat16 would lose its imaginary part).
 
-Neither object holds a tensor alive: the tensors are referenced only by the modules' buffers
-(weak references here), so a model's cache is freed with the model. ``copy.deepcopy`` (0.3's
+No tensor outlives its model: ``CacheSharing`` holds no tensor and only a weak reference to the
+current ``SharedCache``, which the model's modules hold; the ``SharedCache`` keeps the current pass's
+cache (the storage the modules hold) and weak references to ``_apply`` results, so a model's cache
+is freed with the model. There is no process-wide tensor cache. ``copy.deepcopy`` (0.3's
 pipeline split copies the whole model once per stage: ``distributed/pipeline_parallel.py``
 ``_split_module``) and pickling give a fresh, empty object; deepcopy's memo keeps one copy per
 copied tree, so each pipeline stage gets its own ``SharedCache``, shared by that stage's layers.
