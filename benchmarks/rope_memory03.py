@@ -6,7 +6,8 @@ Usage (torchtitan 0.3.0 and this repo importable)::
     python benchmarks/rope_memory03.py --device cpu --out rope_memory03_cpu.json      # part a only (meta and CPU)
     python benchmarks/rope_memory03.py --device cpu --toy --out toy.json   # every part at toy size (the CPU test)
 
-Parts (each writes into the JSON as soon as it is done; ``--out`` survives a run cut short):
+Parts (each writes into the JSON as soon as it is done; ``--out`` survives a run cut short; a part that raises
+leaves its traceback under its key, the others still run, and the exit status is 1):
 
 a. **Cache bytes per rank, meta and CPU** (any device). Llama-3-8B (``llama3.model_registry("8B")``, 32 layers,
    complex64 (seq, 64)) and Qwen3-0.6B (``qwen3.model_registry("0.6B")``, 28 layers, float32 (seq, 256)) at
@@ -43,7 +44,7 @@ c. **Peak memory of one training step at the longest sequence that fits** (CUDA)
    copy out at that length; the search stops when the converted copy no longer fits, at ``--max-seq``, or when
    the next length would not finish within ``--budget-s``.
 d. **Step time, converted / stock** (CUDA): both copies side by side at ``--time-seq`` (default: half the
-   longest length where stock fit, so two copies fit at once), ``--rounds`` alternating rounds (order flipped
+   longest length where stock fit, so two copies fit at once; halved again on an out-of-memory error), ``--rounds`` alternating rounds (order flipped
    each round) of ``--steps`` steps after a warm-up step each, CUDA events, medians; the ratio is stock step
    time / converted step time (converted tokens/s over stock's).
 
@@ -63,6 +64,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -530,34 +532,56 @@ def main(argv=None) -> int:
             Path(opts.out).write_text(json.dumps(report_, indent=1))
 
     log(f"{report_['device']}; {report_['versions']}; parts {sorted(opts.parts)}")
-    if "a" in opts.parts:
-        report_["a_meta_cpu"] = part_a(opts, log)
+    failed = []
+
+    def run(key: str, fn) -> None:
+        # one part failing (a one-shot GPU run) leaves the others' numbers and the traceback in the JSON
+        try:
+            report_[key] = fn()
+        except Exception:  # noqa: BLE001
+            failed.append(key)
+            report_[key] = {"error": traceback.format_exc()[-4000:]}
+            log(f"{key} FAILED:\n{report_[key]['error']}")
         save()
+
+    if "a" in opts.parts:
+        run("a_meta_cpu", lambda: part_a(opts, log))
     if device.type == "cuda" or opts.toy:
-        run_device_parts(opts, device, report_, log, began, save)
+        if "b" in opts.parts:
+            run("b_after_init", lambda: part_b(opts, device, log))
+        if "c" in opts.parts:
+            run("c_peak", lambda: part_c(opts, device, log, began, save))
+        if "d" in opts.parts:
+            run("d_step_time", lambda: part_d_fitting(opts, device, report_.get("c_peak", {}), log))
     else:
         log("parts b, c, d need CUDA (or --toy on CPU)")
     report_["total_s"] = round(time.perf_counter() - began, 1)
+    report_["failed_parts"] = failed
     save()
     _print_tables(report_)
-    return 0
+    return 1 if failed else 0
 
 
-def run_device_parts(opts, device, report_: dict, log, began: float, save) -> None:
-    if "b" in opts.parts:
-        report_["b_after_init"] = part_b(opts, device, log)
-        save()
-    if "c" in opts.parts:
-        report_["c_peak"] = part_c(opts, device, log, began, save)
-        save()
-    if "d" in opts.parts:
-        longest = report_.get("c_peak", {}).get("longest_fit", {}).get("stock")
-        seq = opts.time_seq or (max(opts.seq0, longest // 2) if longest else opts.seq0)
-        report_["d_step_time"] = part_d(opts, device, seq, log)
-        save()
+def part_d_fitting(opts, device, c_peak: dict, log) -> dict:
+    """Part d at ``--time-seq``, or half the longest length where stock fit alone; halved once more if two
+    copies do not fit side by side there."""
+    longest = c_peak.get("longest_fit", {}).get("stock")
+    seq = opts.time_seq or (max(opts.seq0, longest // 2) if longest else opts.seq0)
+    try:
+        return part_d(opts, device, seq, log)
+    except Exception as err:  # noqa: BLE001
+        if not _is_oom(err) or seq // 2 < opts.granule:
+            raise
+        note = f"out of memory with both copies at {seq}: {str(err)[:200]}"
+    free()
+    log(f"d: {note}; again at {seq // 2 // opts.granule * opts.granule}")
+    out = part_d(opts, device, seq // 2 // opts.granule * opts.granule, log)
+    out["note"] = note
+    return out
 
 
 def _print_tables(r: dict) -> None:
+    r = {k: v for k, v in r.items() if not (isinstance(v, dict) and "error" in v)}
     if "a_meta_cpu" in r:
         a = r["a_meta_cpu"]
         print(f"\nRoPE cache per rank at {a['positions']} positions (a: meta, whole model; CPU 2-layer cross-check)")

@@ -24,7 +24,7 @@ def test_rope_memory03_toy_run_on_cpu(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     r = json.loads(out.read_text())
-    assert r["versions"]["torchtitan"].startswith("0.3.")
+    assert r["versions"]["torchtitan"].startswith("0.3.") and r["failed_parts"] == []
 
     # a: whole debug models on meta, 512 positions; llama3 complex64 (512, 8), qwen3 float32 (512, 256)
     a = r["a_meta_cpu"]
