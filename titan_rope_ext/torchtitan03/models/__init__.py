@@ -101,9 +101,10 @@ def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len
         raise ValueError("rope_scaling.from_hf_assets is not resolved: call resolve_hf_assets(hf_assets_path) first")
     section.check_head_dim(rope_config.dim)
     deltas = {"max_seq_len": max_seq_len} if max_seq_len is not None else {}
+    if cache_sharing is not None and "cache_sharing" in {f.name for f in dataclasses.fields(adapter.rope)}:
+        deltas["cache_sharing"] = cache_sharing  # our RoPE classes with one cache per model (rope.py)
     # every stock field copied (torchtitan's own derive); the stock scaling fields stop meaning anything
-    return derive(rope_config, adapter.rope, scaling="none", rope_scaling=section, cache_sharing=cache_sharing,
-                  **deltas)
+    return derive(rope_config, adapter.rope, scaling="none", rope_scaling=section, **deltas)
 
 
 def attentions(model_config) -> list[tuple[str, object, object]]:
