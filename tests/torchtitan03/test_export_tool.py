@@ -15,7 +15,6 @@ import torch.distributed.checkpoint as dcp
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.torchtitan03.helpers import build, model_config
-from titan_rope_ext import RopeScaling
 from titan_rope_ext.assets.tiny_hf import make_tiny_hf_model
 from titan_rope_ext.torchtitan03.launch.check import preflight
 from titan_rope_ext.torchtitan03.tools import export
@@ -122,7 +121,7 @@ def test_torchtitan_rounding_that_transformers_cannot_give_is_refused():
 
 
 def test_moe_flavors_are_refused():
-    with pytest.raises(ValueError, match="the flavor has MoE layers; titan-rope export supports dense llama3 and qwen3"):
+    with pytest.raises(ValueError, match="layers.0.moe is set: the flavor has MoE layers; titan-rope export supports dense llama3 and qwen3"):
         plan("--module", "qwen3", "--config", "qwen3_moe_debug")
 
 

@@ -54,9 +54,9 @@ def _uniform(model_config, what: str, value: Callable[[Any], Any]) -> Any:
 
 def _dims(model_config) -> dict[str, Any]:
     """The HF keys both architectures share, from the 0.3 model config (``GQAttention`` layers)."""
-    if any(getattr(layer, "moe", None) is not None for layer in model_config.layers):
-        raise ExportError("the flavor has MoE layers; titan-rope export supports dense llama3 and qwen3 "
-                          "(transformers' Llama and Qwen3)")
+    if moe := [i for i, layer in enumerate(model_config.layers) if getattr(layer, "moe", None) is not None]:
+        raise ExportError(f"layers.{moe[0]}.moe is set: the flavor has MoE layers; titan-rope export supports dense "
+                          "llama3 and qwen3 (transformers' Llama and Qwen3)")
     dim = model_config.dim
     n_heads = _uniform(model_config, "attention.n_heads", lambda layer: layer.attention.n_heads)
     eps = model_config.norm.eps
