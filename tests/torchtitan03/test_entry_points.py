@@ -20,7 +20,9 @@ from titan_rope_ext.torchtitan03.trainer import RopeTrainer
 
 OVERRIDE = "titan_rope_ext.torchtitan03.override.rope_scaling"
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
-SUPPORTED = r"supports llama3 \(GQAttention.Config \+ ComplexRoPE.Config\), qwen3 \(GQAttention.Config \+ CosSinRoPE.Config\)"
+SUPPORTED = (r"supports llama3 \(GQAttention.Config \+ ComplexRoPE.Config\), qwen3 \(GQAttention.Config \+ CosSinRoPE.Config\)"
+             r", deepseek_v3 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\)"
+             r", kimi_k2_5 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\)")
 
 
 def stock(module: str, function: str) -> Trainer.Config:
@@ -109,9 +111,7 @@ def test_from_hf_assets_reads_the_jobs_hf_assets_path(tmp_path):
 # --- refusals: what the package cannot handle, before anything is built ---
 
 @pytest.mark.parametrize("module, found", [
-    ("deepseek_v3", "torchtitan.models.deepseek_v3.model.Attention.Config"),  # MLA: YaRN in its softmax scale
     ("gpt_oss", "torchtitan.models.gpt_oss.model.Attention.Config"),  # sinks; YaRN in its softmax scale
-    ("kimi_k2_7", "torchtitan.models.deepseek_v3.model.Attention.Config"),
     ("muse_glimmer", "torchtitan.models.muse_glimmer.model.Attention.Config"),  # iRoPE layers
 ])
 def test_unsupported_models_are_refused_by_every_path(module, found):
@@ -225,6 +225,12 @@ def ropes_of(model_config) -> list:
 def test_adapters_name_the_exact_classes():
     from titan_rope_ext.torchtitan03.models import adapters
 
-    assert {(a.name, a.attention, a.rope.__mro__[1]) for a in adapters()} == {
-        ("llama3", GQAttention.Config, importlib.import_module("torchtitan.models.common.rope").ComplexRoPE.Config),
-        ("qwen3", GQAttention.Config, CosSinRoPE.Config)}
+    from torchtitan.models.common.rope import ComplexRoPE
+    from torchtitan.models.deepseek_v3.model import Attention as MLA, DeepSeekV3Model
+    from torchtitan.models.kimi_k2_7.model import KimiK25Model
+
+    assert [(a.name, a.attention, a.stock_rope, a.rope.__mro__[1], a.model) for a in adapters()] == [
+        ("llama3", GQAttention.Config, ComplexRoPE.Config, ComplexRoPE.Config, None),
+        ("qwen3", GQAttention.Config, CosSinRoPE.Config, CosSinRoPE.Config, None),
+        ("deepseek_v3", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, DeepSeekV3Model.Config),
+        ("kimi_k2_5", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, KimiK25Model.Config)]

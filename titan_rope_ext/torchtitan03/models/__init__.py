@@ -30,6 +30,8 @@ from titan_rope_ext.config import rope_frequencies, RopeScaling
 _ADAPTER_MODULES = {
     "llama3": "titan_rope_ext.torchtitan03.models.llama3",
     "qwen3": "titan_rope_ext.torchtitan03.models.qwen3",
+    "deepseek_v3": "titan_rope_ext.torchtitan03.models.deepseek_v3",
+    "kimi_k2_5": "titan_rope_ext.torchtitan03.models.kimi_k2_7",
 }
 
 
