@@ -22,7 +22,8 @@ OVERRIDE = "titan_rope_ext.torchtitan03.override.rope_scaling"
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
 SUPPORTED = (r"supports llama3 \(GQAttention.Config \+ ComplexRoPE.Config\), qwen3 \(GQAttention.Config \+ CosSinRoPE.Config\)"
              r", deepseek_v3 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\)"
-             r", kimi_k2_5 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\)")
+             r", kimi_k2_5 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\)"
+             r", gpt_oss \(gpt_oss.model.Attention.Config \+ CosSinRoPE.Config\)")
 
 
 def stock(module: str, function: str) -> Trainer.Config:
@@ -111,7 +112,6 @@ def test_from_hf_assets_reads_the_jobs_hf_assets_path(tmp_path):
 # --- refusals: what the package cannot handle, before anything is built ---
 
 @pytest.mark.parametrize("module, found", [
-    ("gpt_oss", "torchtitan.models.gpt_oss.model.Attention.Config"),  # sinks; YaRN in its softmax scale
     ("muse_glimmer", "torchtitan.models.muse_glimmer.model.Attention.Config"),  # iRoPE layers
 ])
 def test_unsupported_models_are_refused_by_every_path(module, found):
@@ -227,10 +227,12 @@ def test_adapters_name_the_exact_classes():
 
     from torchtitan.models.common.rope import ComplexRoPE
     from torchtitan.models.deepseek_v3.model import Attention as MLA, DeepSeekV3Model
+    from torchtitan.models.gpt_oss.model import Attention as SinkAttention
     from torchtitan.models.kimi_k2_7.model import KimiK25Model
 
     assert [(a.name, a.attention, a.stock_rope, a.rope.__mro__[1], a.model) for a in adapters()] == [
         ("llama3", GQAttention.Config, ComplexRoPE.Config, ComplexRoPE.Config, None),
         ("qwen3", GQAttention.Config, CosSinRoPE.Config, CosSinRoPE.Config, None),
         ("deepseek_v3", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, DeepSeekV3Model.Config),
-        ("kimi_k2_5", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, KimiK25Model.Config)]
+        ("kimi_k2_5", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, KimiK25Model.Config),
+        ("gpt_oss", SinkAttention.Config, CosSinRoPE.Config, CosSinRoPE.Config, None)]
