@@ -33,6 +33,7 @@ _ADAPTER_MODULES = {
     "deepseek_v3": "titan_rope_ext.torchtitan03.models.deepseek_v3",
     "kimi_k2_5": "titan_rope_ext.torchtitan03.models.kimi_k2_7",
     "gpt_oss": "titan_rope_ext.torchtitan03.models.gpt_oss",
+    "muse_glimmer": "titan_rope_ext.torchtitan03.models.muse_glimmer",
 }
 
 
