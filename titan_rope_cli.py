@@ -240,7 +240,8 @@ def build_parser(line: str | None = "0.2") -> tuple[argparse.ArgumentParser, dic
     _add_job_option(p, line)
     p.add_argument("--checkpoint", required=True,
                    help="a torchtitan DCP folder, e.g. <job.dump_folder>/checkpoint/step-100")
-    p.add_argument("--lengths", default=None, help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
+    p.add_argument("--lengths", default=None,
+                   help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths in [0, 1]")
     p.add_argument("--trials", type=int, default=5, help="passkey prompts per length and depth")
     p.add_argument("--stride", type=int, default=256, help="sliding-window stride")

@@ -72,7 +72,8 @@ def test_eval_of_a_random_checkpoint_reads_the_rope_the_job_trained_with(checkpo
     # a checkpoint of stock torchtitan.train on the same job: stock 0.3's llama3 RoPE (Llama 3.1 scaling)
     assert main([*LLAMA3, "--torchtitan-train", "--hf_assets_path", "titan_rope_ext/assets/tokenizer", *light,
                  "--out", str(tmp_path / "stock")]) == 0
-    assert json.loads((tmp_path / "stock" / "eval.json").read_text())["rope"] == "stock torchtitan 0.3 RoPE (scaling='llama')"
+    stock = json.loads((tmp_path / "stock" / "eval.json").read_text())
+    assert stock["rope"] == "stock torchtitan 0.3 RoPE (scaling='llama')"
 
 
 def test_eval_refuses_bad_input_before_building_anything(checkpoint, tmp_path, capsys):
@@ -84,7 +85,7 @@ def test_eval_refuses_bad_input_before_building_anything(checkpoint, tmp_path, c
 
     out = ["--out", tmp_path / "out"]
     refused(*LLAMA3, *YARN, "--checkpoint", tmp_path / "nope", *out,
-            message=f"titan-rope: error: --checkpoint '{tmp_path / 'nope'}' is not a torchtitan DCP folder (no .metadata)")
+            message=f"titan-rope: error: --checkpoint '{tmp_path / 'nope'}' is not a torchtitan DCP folder")
     refused(*LLAMA3, "--rope_scaling.factor", "0.5", "--checkpoint", checkpoint, *out,
             message="titan-rope: error: invalid torchtitan arguments")
     refused(*LLAMA3, *YARN, "--checkpoint", checkpoint, "--depths", "0,2", *out,
