@@ -60,9 +60,11 @@ def llama3_debugmodel_converter():
 
 def qwen3_5_debugmodel():
     """llama3's debug job with qwen3_5's debug model (MRoPE: refused); qwen3_5's own config functions import
-    torchvision for their multimodal data, which the test environments lack (the model needs ``fla``)."""
+    torchvision for their multimodal data, which the test environments lack (the model needs ``fla``). No SDPA
+    swap: the CPU shim refuses qwen3_5 itself, and the refusal under test is the RoPE one."""
     from torchtitan.models.qwen3_5 import model_registry as qwen3_5_registry
 
     config = stock_llama3_debugmodel()
     config.model_spec = qwen3_5_registry("debugmodel")
-    return _cpu(config)
+    use_shipped_assets(config)
+    return config

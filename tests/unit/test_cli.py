@@ -40,12 +40,18 @@ def test_train_help_lists_every_rope_scaling_key_with_its_doc():
     assert "--job.config_file JOB.toml" in out and "--rope_scaling.<key> <value>" in out
 
 
-def test_eval_help_names_the_job_file():
-    out = cli("eval", "--help").stdout
-    assert "--job.config_file JOB.toml" in out and "--checkpoint" in out and "<job.dump_folder>/eval/" in out
-
-
 LINE = titan_rope_cli.torchtitan_line()
+
+
+def test_eval_help_names_the_installed_lines_job():
+    out = cli("eval", "--help").stdout
+    assert "--checkpoint" in out and "<job.dump_folder>/eval/" in out
+    assert ("--module M --config F" if LINE == "0.3" else "--job.config_file JOB.toml") in out
+    if LINE == "0.3":
+        assert "--torchtitan-train" in out
+        proc = cli("eval", "--checkpoint", "x")
+        assert proc.returncode == 2 and proc.stderr.strip().startswith(
+            "titan-rope eval: error: needs a job: --module M --config F (torchtitan 0.3), e.g. titan-rope eval ")
 YARN = str(CONFIGS / "llama3_debug_yarn.toml")
 NO_TOML_03 = "torchtitan 0.3 has no TOML jobs (--job.config_file): use --module M --config F"
 
@@ -61,8 +67,7 @@ NO_TOML_03 = "torchtitan 0.3 has no TOML jobs (--job.config_file): use --module 
     (["inspect"], "titan-rope inspect: error: needs a job: titan-rope inspect JOB.toml",
      "titan-rope inspect: error: needs a job: --module M --config F (torchtitan 0.3)"),
     (["eval", "--job.config_file", "missing.toml", "--checkpoint", "x"],
-     "titan-rope eval: error: --job.config_file: no such file 'missing.toml'",
-     "titan-rope eval: error: eval reads torchtitan 0.2 jobs only so far"),
+     "titan-rope eval: error: --job.config_file: no such file 'missing.toml'", NO_TOML_03),
     (["train", "--nproc", "0", "--job.config_file", YARN], "titan-rope train: error: --nproc must be >= 1, got 0",
      "titan-rope train: error: --nproc must be >= 1, got 0"),
     (["export", "--job.config_file", "missing.toml", "--checkpoint", "x", "--out", "y"],

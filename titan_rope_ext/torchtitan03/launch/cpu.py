@@ -14,7 +14,8 @@ gets the dataloader's per-document positions. That is the same attention only fo
 FlexAttention is plain causal attention: llama3 and qwen3 (``CPU_SDPA_MODELS``). Other models'
 FlexAttention carries what SDPA would drop silently (gpt_oss's sinks and sliding window,
 muse_glimmer's sliding window), or their CPU runs are untested (deepseek_v3 and kimi's MLA and MoE), so a
-CPU run of them is refused before any work. GPU runs never pass through here.
+CPU run of them is refused before any work. GPU runs never pass through here. ``titan-rope eval`` on CPU
+makes the same swap (``use_sdpa``), with the same refusals.
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ CPU_SDPA_MODELS = ("llama3", "qwen3")
 """Models whose FlexAttention is plain causal attention, so causal SDPA computes the same on CPU."""
 
 
-def use_sdpa(config) -> int:
+def use_sdpa(config, command: str = "train") -> int:
     """Replaces every ``FlexAttention.Config`` inner attention of ``config.model_spec.model`` by SDPA; returns how many.
 
     Raises ValueError for a model outside ``CPU_SDPA_MODELS`` (SDPA would drop, silently, what its attention does
-    beyond causal masking, or its attention needs CUDA)."""
+    beyond causal masking, or its attention needs CUDA), naming ``command`` (``titan-rope train``, ``eval``)."""
     from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAttention
 
     name = config.model_spec.name
     layers = getattr(config.model_spec.model, "layers", None) or []
     if name not in CPU_SDPA_MODELS:
-        raise ValueError(f"titan-rope train on CPU runs {', '.join(CPU_SDPA_MODELS)} (causal SDPA in place of "
-                         f"FlexAttention, which has no CPU backward); {name}'s attention does more than causal "
-                         "masking (sinks, sliding windows), needs CUDA (varlen) or is untested on CPU: train it on a GPU")
+        raise ValueError(f"titan-rope {command} on CPU runs {', '.join(CPU_SDPA_MODELS)} (causal SDPA in place of "
+                         f"FlexAttention); {name}'s attention does more than causal masking (sinks, sliding "
+                         "windows), needs CUDA (varlen) or is untested on CPU: run it on a GPU")
 
     swapped = 0
     for layer in layers:

@@ -37,6 +37,7 @@ from titan_rope_ext.hf_export import Architecture, HfRope, hf_rope_keys, merge_c
 from titan_rope_ext.tools import hf_architectures
 from titan_rope_ext.tools.hf_folder import (as_written, check_checkpoint, check_out, ExportError, load_model_tensors,
                                             tokenizer_files, write_config_and_tokenizer, write_folder, write_safetensors)
+from titan_rope_ext.torchtitan03.tools._job import trained_model_config
 
 # ---- torchtitan 0.3 model config -> transformers architecture ----------------------------------------------
 
@@ -120,24 +121,6 @@ def stock_section(rope_config) -> RopeScaling:
                            beta_fast=float(rope_config.beta_fast), beta_slow=float(rope_config.beta_slow),
                            truncate=rope_config.truncate, attention_factor=1.0, arithmetic="torchtitan")
     return RopeScaling(rope_type="default")
-
-
-def trained_model_config(config):
-    """``config``'s model config as training builds it (changed in place): ``RopeTrainer.__init__``'s swap
-    (a ``RopeTrainer.Config``), then ``Trainer.__init__``'s ``update_from_config`` and ``--override.imports``."""
-    from torchtitan.config import apply_overrides
-
-    from titan_rope_ext.torchtitan03.models import scale_model
-    from titan_rope_ext.torchtitan03.trainer import RopeTrainer
-
-    spec = config.model_spec
-    if isinstance(config, RopeTrainer.Config):
-        scale_model(spec.model, config.resolved_rope_scaling(), max_seq_len=config.training.seq_len,
-                    model_name=spec.name)
-    spec.model.update_from_config(config=config)
-    if config.override.imports:
-        apply_overrides(config.override, config)
-    return spec.model
 
 
 def trained_rope(model_config) -> tuple[RopeScaling, int, float, int]:
