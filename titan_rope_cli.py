@@ -5,6 +5,7 @@
     titan-rope train|inspect --module llama3 --config llama3_debugmodel --rope_scaling.rope_type yarn ...  (torchtitan 0.3)
     titan-rope eval --job.config_file ... --checkpoint PATH [options] [torchtitan args]
     titan-rope export --job.config_file ... --checkpoint PATH --out DIR [options] [torchtitan args]
+    titan-rope eval|export --module M --config F ... --checkpoint PATH [options]  (torchtitan 0.3)
 
 Arguments other than the subcommand's own go to torchtitan unchanged. The job is parsed with
 torchtitan's ConfigManager and ``[rope_scaling]`` is checked against the model before any device work
@@ -187,9 +188,24 @@ Examples: titan-rope train --job.config_file configs/llama3_debug_yarn.toml --ro
 """
 
 
+def _add_job_option(p: argparse.ArgumentParser, line: str | None) -> None:
+    """``eval`` and ``export`` read the job a checkpoint was trained with: 0.2's TOML file is their option; 0.3's
+    ``--module M --config F`` flags pass through to torchtitan, and ``--torchtitan-train`` says who trained it."""
+    if line == "0.3":
+        p.set_defaults(job_config_file=None)
+        p.add_argument("--torchtitan-train", action="store_true",
+                       help="the checkpoint comes from torchtitan's own torchtitan.train (torchrun, run_train.sh) "
+                            "given these arguments, not from titan-rope train: parsed as given, the RoPE is the "
+                            "model config's (a RopeScalingConverter's, --override.imports', or stock 0.3's)")
+    else:
+        p.add_argument("--job.config_file", dest="job_config_file", metavar="JOB.toml", required=True,
+                       help="the torchtitan TOML job the checkpoint was trained with (its overrides too)")
+
+
 def build_parser(line: str | None = "0.2") -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``titan-rope`` parser and its subcommand parsers by name, for a torchtitan line (0.3's jobs are
-    ``--module M --config F`` flags, so ``inspect`` takes no positional job file there)."""
+    ``--module M --config F`` flags, so ``inspect`` takes no positional job file and ``eval`` and ``export`` no
+    ``--job.config_file`` there)."""
     parser = argparse.ArgumentParser(prog="titan-rope", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,inspect,eval,export}")
     raw = argparse.RawDescriptionHelpFormatter
@@ -213,17 +229,19 @@ def build_parser(line: str | None = "0.2") -> tuple[argparse.ArgumentParser, dic
         p.add_argument("config", nargs="?", default=None, help="torchtitan 0.2 TOML job file")
     p.add_argument("--plot", default=None, help=f"write a PNG of wavelength vs dimension (needs matplotlib: {_PLOT_EXTRA})")
 
+    job_usage = "--module M --config F" if line == "0.3" else "--job.config_file JOB.toml"
     p = sub.add_parser("eval", help="perplexity by position and passkey retrieval of a checkpoint",
-                       usage="titan-rope eval --job.config_file JOB.toml --checkpoint DIR [options] "
-                             "[--<section>.<key> VALUE ...]",
+                       usage=f"titan-rope eval {job_usage} --checkpoint DIR [options] [--<section>.<key> VALUE ...]",
                        description="Loads a torchtitan DCP checkpoint (full or model-only) into the job's converted "
                                    "model and measures sliding-window perplexity, perplexity by position and passkey "
-                                   "retrieval at each length. CPU or GPU.")
-    p.add_argument("--job.config_file", dest="job_config_file", metavar="JOB.toml", required=True,
-                   help="the torchtitan TOML job the checkpoint was trained with (its overrides too)")
+                                   "retrieval at each length. CPU or GPU. Pass the job as it trained (torchtitan 0.2: "
+                                   "a TOML job file; 0.3: --module M --config F and its flags).",
+                       allow_abbrev=False)  # 0.3's job flags go to torchtitan whole, never matched to a prefix
+    _add_job_option(p, line)
     p.add_argument("--checkpoint", required=True,
                    help="a torchtitan DCP folder, e.g. <job.dump_folder>/checkpoint/step-100")
-    p.add_argument("--lengths", default=None, help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
+    p.add_argument("--lengths", default=None,
+                   help="comma-separated window lengths (default: training seq_len x 1, 2, 4, 8)")
     p.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths in [0, 1]")
     p.add_argument("--trials", type=int, default=5, help="passkey prompts per length and depth")
     p.add_argument("--stride", type=int, default=256, help="sliding-window stride")
@@ -235,14 +253,15 @@ def build_parser(line: str | None = "0.2") -> tuple[argparse.ArgumentParser, dic
                    help="folder for eval.json and eval.png (default: <job.dump_folder>/eval/<checkpoint folder name>)")
 
     p = sub.add_parser("export", help="a checkpoint as a Hugging Face model folder with the trained RoPE",
-                       usage="titan-rope export --job.config_file JOB.toml --checkpoint DIR --out DIR [options] "
+                       usage=f"titan-rope export {job_usage} --checkpoint DIR --out DIR [options] "
                              "[--<section>.<key> VALUE ...]\n"
-                             "       titan-rope export --job.config_file JOB.toml --config-only [--out DIR]",
+                             f"       titan-rope export {job_usage} --config-only [--out DIR]",
                        description="Writes safetensors (torchtitan's state-dict adapter), config.json with the "
                                    "trained RoPE (transformers computes it exactly) and the tokenizer files, from a "
-                                   "DCP checkpoint (full or model-only), on CPU. Pass the job as it trained.")
-    p.add_argument("--job.config_file", dest="job_config_file", metavar="JOB.toml", required=True,
-                   help="the torchtitan TOML job the checkpoint was trained with (its overrides too)")
+                                   "DCP checkpoint (full or model-only), on CPU. Pass the job as it trained "
+                                   "(torchtitan 0.2: a TOML job file; 0.3: --module M --config F and its flags).",
+                       allow_abbrev=False)  # 0.3's --config is the job's, not an abbreviation of --config-only
+    _add_job_option(p, line)
     p.add_argument("--checkpoint", help="a torchtitan DCP folder (full or model-only), e.g. DUMP/checkpoint/step-100")
     p.add_argument("--out", help="the HF folder to write (must not exist or be empty, unless --force)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
@@ -279,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail(sub, f"no such job file {ns.config!r}")
             from titan_rope_ext.torchtitan02.tools import inspect_rope
         return inspect_rope.run(ns, rest)
-    if ns.command in ("eval", "export") and line == "0.3":
-        return _fail(sub, f"{ns.command} reads torchtitan 0.2 jobs only so far; install torchtitan 0.2.x")
+    if ns.command == "eval" and line == "0.3":
+        if (status := _check_job(sub, rest, line, "eval")):
+            return status
+        from titan_rope_ext.torchtitan03.tools import evaluate
+
+        return evaluate.run(ns, rest)
     if ns.command == "eval":
         if not os.path.isfile(ns.job_config_file):
             return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
@@ -288,12 +311,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return evaluate.run(ns, ["--job.config_file", ns.job_config_file, *rest])
     if ns.command == "export":
-        if not os.path.isfile(ns.job_config_file):
+        if line == "0.3":
+            if (status := _check_job(sub, rest, line, "export")):
+                return status
+        elif not os.path.isfile(ns.job_config_file):
             return _fail(sub, f"--job.config_file: no such file {ns.job_config_file!r}")
         if ns.config_only and ns.checkpoint:
             return _fail(sub, "--config-only writes no weights; drop --checkpoint")
         if not ns.config_only and not (ns.checkpoint and ns.out):
             return _fail(sub, "--checkpoint and --out are required (or --config-only)")
+        if line == "0.3":
+            from titan_rope_ext.torchtitan03.tools import export
+
+            return export.run(ns, rest)
         from titan_rope_ext.torchtitan02.tools import export
 
         return export.run(ns, ["--job.config_file", ns.job_config_file, *rest])

@@ -75,6 +75,7 @@ def _without_theta(rope: Any) -> Any:
 def theta_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[float | None, str]:
     """``(theta, where it came from)`` as transformers reads ``hf``: ``rope_theta`` in the rope dict or at the
     top level, else the default of the file's ``model_type``; ``(None, why)`` when neither is known."""
+    hf = _text_model(hf, source)
     nested = [rope.get("rope_theta") for rope in (hf.get("rope_parameters"), hf.get("rope_scaling"))
               if isinstance(rope, dict)]
     theta = hf.get("rope_theta")
@@ -90,6 +91,29 @@ def theta_from_hf(hf: dict[str, Any], source: str = "config.json") -> tuple[floa
                   f"not known here (known: {', '.join(sorted(TRANSFORMERS_DEFAULT_THETA))})")
 
 
+# what a multimodal config.json keeps in its text_config (transformers' text model reads them there)
+_TEXT_MODEL_KEYS = ("rope_scaling", "rope_parameters", "rope_theta", "partial_rotary_factor", "max_position_embeddings",
+                    "original_max_position_embeddings", "model_type")
+
+
+def _text_model(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """``hf`` with its ``text_config``'s RoPE keys in place, for multimodal files (Llama 4, Kimi, Muse Glimmer...):
+    their language model's RoPE is there, and reading only the top level would give plain RoPE silently. A
+    key given at both levels with different values is an error."""
+    text = hf.get("text_config")
+    if not isinstance(text, dict):
+        return hf
+    merged = dict(hf)
+    for key in _TEXT_MODEL_KEYS:
+        if key not in text:
+            continue
+        if key != "model_type" and hf.get(key) is not None and text[key] is not None and hf[key] != text[key]:
+            raise ValueError(f"{source}: {key} is {hf[key]!r} at the top level and {text[key]!r} in text_config; "
+                             "set rope_scaling keys explicitly")
+        merged[key] = text[key]
+    return merged
+
+
 def rope_keys_from_hf(hf: dict[str, Any], source: str = "config.json", rope_type: str | None = None) -> dict[str, Any]:
     """``[rope_scaling]`` keys (rope_type, theta, method keys) that ``hf`` means to transformers.
 
@@ -97,6 +121,7 @@ def rope_keys_from_hf(hf: dict[str, Any], source: str = "config.json", rope_type
     extending a plain-RoPE model): the file gives the theta and the original length
     (``max_position_embeddings``, as transformers' ``standardize_rope_params`` fills it), not ``factor``.
     """
+    hf = _text_model(hf, source)
     scaling, params = hf.get("rope_scaling"), hf.get("rope_parameters")
     if scaling and params and _without_theta(scaling) != _without_theta(params):
         raise ValueError(f"{source}: rope_scaling {scaling!r} and rope_parameters {params!r} disagree")

@@ -9,8 +9,9 @@ raises ValueError saying why no HF form does. ``merge_config`` puts them into a 
 The HF form per method (transformers 5.24.0, ``modeling_rope_utils.py``):
 
 * ``default``, ``linear``, ``llama3``, ``yarn``: the same ``rope_type`` and keys; transformers' functions
-  give the same bits (tests/unit/test_transformers_parity.py). yarn's ``arithmetic = "deepseek"`` has
-  no transformers key: written as yarn only where it gives the same bits, refused otherwise.
+  give the same bits (tests/unit/test_transformers_parity.py). yarn's ``arithmetic = "deepseek"`` and
+  ``"torchtitan"`` (torchtitan 0.3's own rounding) have no transformers key: written as yarn only where
+  they give the same bits, refused otherwise.
 * ``ntk`` (no transformers type): ``default`` with ``rope_theta = theta * factor ** (d / (d - 2))``,
   which is what ntk is; transformers computes ``base ** (2i/d)`` with the same float32 ops.
 * ``dynamic``: torchtitan builds its cache once per run, at ``training.seq_len``, so the trained model
@@ -45,6 +46,8 @@ from titan_rope_ext.scaling import _ntk_theta
 _SAME_TYPE = ("default", "linear", "yarn", "llama3", "longrope")
 # keys of ours that transformers has no key for (they change the numbers only where the check below sees it)
 _NO_HF_KEY = ("arithmetic",)
+# yarn roundings transformers has no key for: exported where their bits equal transformers', refused otherwise
+_NON_HF_ARITHMETIC = ("deepseek", "torchtitan")
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def _check_exact(config: RopeScaling, head_dim: int, theta: float, seq_len: int,
                     / trained_inv_freq.abs()).max().item()
             why = (f"rope_scaling.arithmetic = {config.arithmetic!r} rounds the interpolated bands unlike "
                    "transformers' yarn, which has no key for it; train with arithmetic = 'transformers' (the "
-                   "default) for a model meant for transformers" if config.arithmetic == "deepseek" else
+                   "default) for a model meant for transformers" if config.arithmetic in _NON_HF_ARITHMETIC else
                    "this is a bug: please report the section")
             raise ValueError(
                 f"no transformers config.json reproduces the trained RoPE ({config.describe()}) exactly: as "

@@ -56,3 +56,15 @@ def llama3_debugmodel_converter():
     config.model_spec = model_registry("debugmodel", converters=[RopeScalingConverter.Config(
         rope_scaling=RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=64))])
     return _cpu(config)
+
+
+def qwen3_5_debugmodel():
+    """llama3's debug job with qwen3_5's debug model (MRoPE: refused); qwen3_5's own config functions import
+    torchvision for their multimodal data, which the test environments lack (the model needs ``fla``). No SDPA
+    swap: the CPU shim refuses qwen3_5 itself, and the refusal under test is the RoPE one."""
+    from torchtitan.models.qwen3_5 import model_registry as qwen3_5_registry
+
+    config = stock_llama3_debugmodel()
+    config.model_spec = qwen3_5_registry("debugmodel")
+    use_shipped_assets(config)
+    return config

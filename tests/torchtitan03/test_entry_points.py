@@ -20,7 +20,11 @@ from titan_rope_ext.torchtitan03.trainer import RopeTrainer
 
 OVERRIDE = "titan_rope_ext.torchtitan03.override.rope_scaling"
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
-SUPPORTED = r"supports llama3 \(GQAttention.Config \+ ComplexRoPE.Config\), qwen3 \(GQAttention.Config \+ CosSinRoPE.Config\)"
+SUPPORTED = (r"supports llama3 \(GQAttention.Config \+ ComplexRoPE.Config\), qwen3 \(GQAttention.Config \+ CosSinRoPE.Config\), "
+             r"deepseek_v3 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\), "
+             r"kimi_k2_5 \(deepseek_v3.model.Attention.Config \+ ComplexRoPE.Config\), "
+             r"gpt_oss \(gpt_oss.model.Attention.Config \+ CosSinRoPE.Config\), "
+             r"muse_glimmer \(muse_glimmer.model.Attention.Config \+ ComplexRoPE.Config\)")
 
 
 def stock(module: str, function: str) -> Trainer.Config:
@@ -108,28 +112,19 @@ def test_from_hf_assets_reads_the_jobs_hf_assets_path(tmp_path):
 
 # --- refusals: what the package cannot handle, before anything is built ---
 
-@pytest.mark.parametrize("module, found", [
-    ("deepseek_v3", "torchtitan.models.deepseek_v3.model.Attention.Config"),  # MLA: YaRN in its softmax scale
-    ("gpt_oss", "torchtitan.models.gpt_oss.model.Attention.Config"),  # sinks; YaRN in its softmax scale
-    ("kimi_k2_7", "torchtitan.models.deepseek_v3.model.Attention.Config"),
-    ("muse_glimmer", "torchtitan.models.muse_glimmer.model.Attention.Config"),  # iRoPE layers
-])
-def test_unsupported_models_are_refused_by_every_path(module, found):
-    config = Trainer.Config(model_spec=importlib.import_module(f"torchtitan.models.{module}").model_registry("debugmodel"))
-    with pytest.raises(ValueError, match=SUPPORTED + f"; {config.model_spec.name} layers.0.attention is {found}"):
-        RopeTrainer.Config(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Trainer.Config) if f.init})
-    with pytest.raises(ValueError, match=SUPPORTED + f".*is {found}"):
-        apply_overrides(OverrideConfig(imports=[(OVERRIDE, YARN)]), config)
-    with pytest.raises(ValueError, match=SUPPORTED + f".*is {found}"):
-        RopeScalingConverter.Config(rope_scaling=RopeScaling(**YARN)).build().convert(config.model_spec.model)
-
-
-def test_qwen3_5_mrope_is_refused():
+def test_qwen3_5_mrope_is_refused_by_every_path():
+    # MRoPE (3-D text/image positions, partial rotary dims) is not one of the seven methods' caches
     pytest.importorskip("fla", reason="torchtitan's qwen3_5 imports flash-linear-attention")
     from torchtitan.models.qwen3_5 import model_registry
 
-    with pytest.raises(ValueError, match=SUPPORTED + r".*Qwen35Attention.Config with .*MRoPE.Config"):
-        RopeScalingConverter.Config(rope_scaling=RopeScaling(**YARN)).build().convert(model_registry("debugmodel").model)
+    config = Trainer.Config(model_spec=model_registry("debugmodel"))
+    found = r"Qwen35Attention.Config with torchtitan.models.qwen3_5.rope.MRoPE.Config"
+    with pytest.raises(ValueError, match=SUPPORTED + rf"; {config.model_spec.name} layers.\d+.attention is .*{found}"):
+        RopeTrainer.Config(**{f.name: getattr(config, f.name) for f in dataclasses.fields(Trainer.Config) if f.init})
+    with pytest.raises(ValueError, match=SUPPORTED + f".*is .*{found}"):
+        apply_overrides(OverrideConfig(imports=[(OVERRIDE, YARN)]), config)
+    with pytest.raises(ValueError, match=SUPPORTED + f".*is .*{found}"):
+        RopeScalingConverter.Config(rope_scaling=RopeScaling(**YARN)).build().convert(config.model_spec.model)
 
 
 def test_a_rope_subclass_and_a_model_without_attention_are_refused():
@@ -225,6 +220,16 @@ def ropes_of(model_config) -> list:
 def test_adapters_name_the_exact_classes():
     from titan_rope_ext.torchtitan03.models import adapters
 
-    assert {(a.name, a.attention, a.rope.__mro__[1]) for a in adapters()} == {
-        ("llama3", GQAttention.Config, importlib.import_module("torchtitan.models.common.rope").ComplexRoPE.Config),
-        ("qwen3", GQAttention.Config, CosSinRoPE.Config)}
+    from torchtitan.models.common.rope import ComplexRoPE
+    from torchtitan.models.deepseek_v3.model import Attention as MLA, DeepSeekV3Model
+    from torchtitan.models.gpt_oss.model import Attention as SinkAttention
+    from torchtitan.models.kimi_k2_7.model import KimiK25Model
+    from torchtitan.models.muse_glimmer.model import Attention as IRoPEAttention
+
+    assert [(a.name, a.attention, a.stock_rope, a.rope.__mro__[1], a.model) for a in adapters()] == [
+        ("llama3", GQAttention.Config, ComplexRoPE.Config, ComplexRoPE.Config, None),
+        ("qwen3", GQAttention.Config, CosSinRoPE.Config, CosSinRoPE.Config, None),
+        ("deepseek_v3", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, DeepSeekV3Model.Config),
+        ("kimi_k2_5", MLA.Config, ComplexRoPE.Config, ComplexRoPE.Config, KimiK25Model.Config),
+        ("gpt_oss", SinkAttention.Config, CosSinRoPE.Config, CosSinRoPE.Config, None),
+        ("muse_glimmer", IRoPEAttention.Config, ComplexRoPE.Config, ComplexRoPE.Config, None)]

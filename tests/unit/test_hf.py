@@ -234,3 +234,25 @@ def test_from_hf_assets_with_a_rope_type_waits_for_the_file(tmp_path):
     write(no_length, dict(model_type="llama"))  # no max_position_embeddings: nothing to take the length from
     with pytest.raises(ValueError, match="original_max_position_embeddings is required for rope_type 'yarn'"):
         pending.resolve_hf_assets(str(no_length))
+
+
+LLAMA4_TEXT = dict(model_type="llama4_text", head_dim=128, max_position_embeddings=262144, rope_theta=500000.0,
+                   rope_scaling=dict(rope_type="llama3", factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
+                                     original_max_position_embeddings=8192))
+
+
+def test_multimodal_files_are_read_from_their_text_config(tmp_path):
+    # Llama 4 / Kimi / Muse Glimmer keep the language model's RoPE in text_config: the top level has none
+    wrapped = dict(model_type="llama4", architectures=["Llama4ForConditionalGeneration"], text_config=LLAMA4_TEXT,
+                   vision_config=dict(rope_theta=10000.0, model_type="llama4_vision_model"))
+    assert rope_keys_from_hf(wrapped) == rope_keys_from_hf(LLAMA4_TEXT)
+    assert rope_keys_from_hf(wrapped)["rope_type"] == "llama3" and rope_keys_from_hf(wrapped)["theta"] == 500000.0
+    cfg = RopeScaling(hf_config=write(tmp_path, wrapped))
+    inv_freq, _ = rope_frequencies(cfg, 128, theta=1.0e9, seq_len=131072)
+    expected, _ = transformers_rope(dict(LLAMA4_TEXT, model_type="llama"), 131072)
+    assert torch.equal(inv_freq, expected)
+
+
+def test_text_config_contradicting_the_top_level_is_an_error():
+    with pytest.raises(ValueError, match=r"rope_theta is 10000.0 at the top level and 500000.0 in text_config"):
+        rope_keys_from_hf(dict(rope_theta=10000.0, text_config=LLAMA4_TEXT))

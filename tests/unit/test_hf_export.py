@@ -148,6 +148,25 @@ def test_deepseek_rounding_is_refused_when_transformers_cannot_give_its_bits():
                  64, 10000.0, 163840)
 
 
+
+def test_torchtitan_rounding_is_exported_where_transformers_gives_its_bits_and_refused_elsewhere():
+    """torchtitan 0.3's own yarn rounding (``arithmetic = "torchtitan"``) is handled as deepseek's: at the debug
+    recipes' dims (head_dim 16, theta 5e5, 4x over 64) it gives transformers' bits and is written as plain yarn
+    (transformers, reading it back, computes them); at (128, 1e6, 4x over 256) one band is 1 ulp off: refused."""
+    section = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
+    cfg = RopeScaling(**section, arithmetic="torchtitan")
+    hf = hf_rope_keys(cfg, 16, 5e5, 256)
+    assert hf.rope_parameters == {"rope_type": "yarn", "rope_theta": 5e5, **{k: v for k, v in section.items()
+                                                                               if k != "rope_type"}}
+    trained, factor = rope_frequencies(cfg, 16, 5e5, 256)
+    inv_freq, scaling, *_ = transformers_rope("llama", exported_config("llama", 16, hf.config_keys()), 256)
+    assert torch.equal(inv_freq, trained) and scaling == factor
+    wide = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=256, arithmetic="torchtitan")
+    with pytest.raises(ValueError, match=r"1 of 64 bands of inv_freq differ .*arithmetic = "
+                                         r"'torchtitan' rounds the interpolated bands unlike transformers' yarn"
+                                         r".*Nothing was written"):
+        hf_rope_keys(wide, 128, 1e6, 1024)
+
 # ---- the whole config.json ----------------------------------------------------------------------------------
 
 ARCH = Architecture(model_types=("llama",),

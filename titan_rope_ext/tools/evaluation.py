@@ -5,13 +5,23 @@ context as the window allows: the YaRN / LongLoRA evaluation), perplexity by pos
 non-overlapping windows of ``T`` tokens, and passkey retrieval (a random five-digit key stated once at a
 relative depth of filler text, then "What is the pass key? The pass key is"; the greedy continuation must
 be the key). Held-out documents are generated like the shipped corpus, with another seed.
+
+``run`` is the command itself for either line: each line's ``tools/evaluate.py`` reads its job into an ``EvalJob``
+(what the model is, how to build it on meta for a length, which attention masks its forward takes); checking,
+loading, measuring and writing are here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import random
+import sys
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,17 +44,18 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> int:
 
 
 class Evaluator:
-    def __init__(self, model, tokenizer, device: torch.device, attn_type: str):
+    def __init__(self, model, tokenizer, device: torch.device,
+                 attention_masks: Callable[[torch.Tensor], Any] | None = None):
+        """``attention_masks(tokens)``: the masks the model's forward takes for a batch of windows (each line's glue
+        knows its model's call), or None for a model that takes none (SDPA: causal over the window)."""
         self.model, self.tokenizer, self.device = model.eval(), tokenizer, device
-        self.attn_type = attn_type
+        self.attention_masks = attention_masks
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device)
-        kwargs = {}
-        if self.attn_type in ("flex", "varlen"):
-            kwargs["attention_masks"] = self.model.get_attention_masks(input_batch=tokens, tokenizer=self.tokenizer)
+        kwargs = {} if self.attention_masks is None else {"attention_masks": self.attention_masks(tokens)}
         with self.autocast:
             return self.model(tokens, **kwargs).float()
 
@@ -181,3 +192,100 @@ def plot(result: dict, path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- the command, for either line ----------------------------------------------------------------------
+
+
+@dataclass
+class Built:
+    """A job's model for ``max_len`` positions, as one line's glue builds it."""
+
+    model: torch.nn.Module
+    """Converted as in training, on the meta device (nothing allocated), its cache sized ``max_len``."""
+    tokenizer: Any
+    attention_masks: Callable[[torch.Tensor], Any] | None
+    """See ``Evaluator``."""
+    rope: str
+    """The RoPE the model computes, for the report (``RopeScaling.describe()`` or what stock torchtitan has)."""
+    trained_length: int | None
+    """The "x trained" column's denominator: the section's original length; None: the job's training length."""
+
+
+@dataclass
+class EvalJob:
+    """A parsed torchtitan job, as ``titan-rope eval`` needs it (each line's ``tools/evaluate.py`` reads it)."""
+
+    model: str
+    flavor: str
+    training_seq_len: int
+    dump_folder: str
+    build: Callable[[int], Built]
+    """``build(max_len)``; raises ValueError for what the job cannot evaluate."""
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def _say(message: str) -> None:
+    print(f"titan-rope eval: {message}", file=sys.stderr, flush=True)
+
+
+def materialize(model: torch.nn.Module, device: torch.device) -> None:
+    """A meta model on ``device`` as torchtitan's Trainer does it (both lines): ``to_empty``, then ``init_weights``,
+    which rebuilds every non-persistent buffer (the rotary caches) there."""
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.init_weights(buffer_device=device)
+
+
+def run(opts, read_job: Callable[[torch.device], EvalJob]) -> int:
+    """``titan-rope eval`` with parsed options (see ``titan_rope_cli``) and a line's job reader: one line and status
+    2 for a bad job or checkpoint (names and shapes checked on meta, before any tensor is allocated), else the
+    table on stdout and ``eval.json`` (and ``eval.png``) in ``--out``."""
+    from tqdm import tqdm
+
+    from titan_rope_ext.tools.hf_folder import check_checkpoint
+
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    depths = _floats(opts.depths)
+    try:
+        if any(not 0 <= d <= 1 for d in depths):
+            raise ValueError(f"--depths must lie in [0, 1], got {opts.depths}")
+        _say("reading the job")
+        job = read_job(device)
+        if not Path(opts.checkpoint, ".metadata").is_file():
+            raise ValueError(f"--checkpoint {opts.checkpoint!r} is not a torchtitan DCP folder (no .metadata)")
+        lengths = ([int(x) for x in opts.lengths.split(",")] if opts.lengths
+                   else [job.training_seq_len * k for k in (1, 2, 4, 8)])
+        if any(x < 16 for x in lengths):
+            raise ValueError(f"--lengths must be >= 16, got {opts.lengths}")
+        out = Path(opts.out) if opts.out else Path(job.dump_folder) / "eval" / Path(opts.checkpoint).name
+        _say(f"building the model for {max(lengths)} positions on {device} and loading {opts.checkpoint}")
+        built = job.build(max(lengths))
+        check_checkpoint(opts.checkpoint, {k: v.shape for k, v in built.model.state_dict().items()})
+        materialize(built.model, device)
+        load_checkpoint(built.model, opts.checkpoint)
+    except ValueError as e:  # each line's ConfigError is one
+        print(f"titan-rope: error: {e}", file=sys.stderr)
+        return 2
+    ev = Evaluator(built.model, built.tokenizer, device, built.attention_masks)
+    _say(f"lengths {lengths}: sliding-window and per-position perplexity over {opts.tokens} tokens, then "
+         f"{len(depths) * opts.trials} passkey prompts, per length; results go to {out}")
+    with tqdm(total=len(lengths) * (1 + len(depths) * opts.trials), desc="titan-rope eval", file=sys.stderr) as bar:
+        result = evaluate(ev, built.tokenizer, lengths, depths, opts.trials, opts.stride, opts.buckets, opts.tokens,
+                          opts.seed, bar.update)
+    result.update(checkpoint=opts.checkpoint, model=job.model, flavor=job.flavor, device=str(device),
+                  rope=built.rope, training_seq_len=job.training_seq_len)
+    print(f"{job.model} {job.flavor}, {built.rope}, checkpoint {opts.checkpoint}")
+    print(format_table(result, built.trained_length or job.training_seq_len))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"wrote {out / 'eval.json'} (no eval.png: matplotlib is missing; "
+              "pip install 'titan_rope_ext[plot]')")
+    else:
+        plot(result, str(out / "eval.png"), f"{job.model} {job.flavor}: {built.rope}")
+        print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+    return 0

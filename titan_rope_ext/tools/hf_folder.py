@@ -111,6 +111,25 @@ def write_safetensors(tensors: dict[str, torch.Tensor], folder: Path) -> list[st
     return [*names, "model.safetensors.index.json"]
 
 
+def as_written(hf_state: dict[str, torch.Tensor], dtype: str, tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """A state-dict adapter's ``to_hf`` output as the export writes it: in ``dtype`` (a ``DTYPES`` key), contiguous,
+    no two tensors sharing storage (safetensors refuses it); with ``tie_word_embeddings`` without ``lm_head.weight``
+    (transformers ties it to the embedding itself), which must then equal the embedding."""
+    out, seen = {}, set()
+    for key, value in hf_state.items():
+        value = value.to(DTYPES[dtype]).contiguous()
+        if value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    if tie_word_embeddings and "lm_head.weight" in out:
+        head, embedding = out.pop("lm_head.weight"), out["model.embed_tokens.weight"]
+        if not head.is_meta and not torch.equal(head, embedding):
+            raise ExportError("the checkpoint's output weight differs from its embedding, but the model ties them "
+                              "(tie_word_embeddings); export the untied flavor")
+    return out
+
+
 def tokenizer_files(assets: str | None) -> list[Path]:
     """The tokenizer files (and generation_config.json) found in a model's HF assets folder."""
     if not assets:

@@ -29,7 +29,7 @@ from titan_rope_ext.torchtitan03.models import scale_model
 
 
 class RopeScalingConverter(ModelConfigConverter):
-    """Swaps the model config's RoPE configs for ours (llama3, qwen3); refuses to run twice."""
+    """Swaps the model config's attention configs through each model's adapter (``models/``); refuses to run twice."""
 
     @dataclass(kw_only=True, slots=True)
     class Config(ModelConfigConverter.Config):

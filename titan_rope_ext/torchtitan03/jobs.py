@@ -79,8 +79,9 @@ def __getattr__(name: str):
 
         config = load(module, function)
         use_shipped_assets(config)
-        cpu.use_sdpa_if_cpu_worker(config)
-        return with_rope_scaling(config)
+        config = with_rope_scaling(config)  # the section's model checks first: a RoPE the package refuses is said
+        cpu.use_sdpa_if_cpu_worker(config)  # before an attention CPU runs refuse
+        return config
 
     config_function.__name__ = config_function.__qualname__ = name
     config_function.__doc__ = f"{name} with a rope_scaling section"

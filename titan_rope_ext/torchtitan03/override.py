@@ -9,11 +9,13 @@ overrides in ``Trainer.__init__`` after ``update_from_config`` and before buildi
 by ``init_states`` on the device.
 
 The override claims attention nodes, not RoPE nodes: where the attention factor must go is the
-attention's contract, and only the attention node says which attention it is. Unsupported
-attention or RoPE configs (deepseek_v3, gpt_oss, kimi_k2_7, muse_glimmer, qwen3_5's MRoPE) are
-refused with the supported list before the model is built. Consequences of torchtitan's own
-override rules: an override on a node inside the attention (``helion_rope``, an inner-attention
-swap) is refused as nested; overrides elsewhere (``fused_swiglu``, MoE dispatch) compose.
+attention's contract, and only the attention node says which attention it is (MLA and gpt_oss fold
+it into their softmax scale from config fields the model's adapter sets). Unsupported attention or
+RoPE configs (qwen3_5's MRoPE) are refused with the supported list before the model is built.
+Consequences of torchtitan's own override rules: an override on a node inside the attention
+(``helion_rope``, an inner-attention swap) is refused as nested, and so is another override of the
+same attention node (``fused_mla``: use the section or the converter, which run before overrides);
+overrides elsewhere (``fused_swiglu``, MoE dispatch) compose.
 
 Limits of this path, from where torchtitan runs it:
 * ``training.seq_len`` cannot exceed the flavor's RoPE ``max_seq_len``: ``update_from_config``
@@ -36,7 +38,7 @@ from torchtitan.tools.logging import logger
 
 from titan_rope_ext.config import RopeScaling
 from titan_rope_ext.torchtitan03.cache_share import CacheSharing
-from titan_rope_ext.torchtitan03.models import adapter_for, scaled_rope, summary
+from titan_rope_ext.torchtitan03.models import adapter_for, summary
 
 _KEYS = tuple(f.name for f in dataclasses.fields(RopeScaling))
 
@@ -72,8 +74,10 @@ def rope_scaling(cfg, **keys):
     keys_json = json.dumps(keys, sort_keys=True)
     section = _section(keys_json)
     adapter = adapter_for(cfg, f"attention {type(cfg).__qualname__}")
-    new = dataclasses.replace(cfg, rope=scaled_rope(adapter, cfg.rope, section, cache_sharing=_sharing(keys_json)))
-    line = summary(adapter, new.rope)
+    if not adapter.uses_rope(cfg):  # muse_glimmer's NoPE layers stay as they are
+        return cfg
+    new = adapter.convert(cfg, section, cache_sharing=_sharing(keys_json))
+    line = summary(adapter, new)
     if line not in _logged:  # one line per distinct setting, not one per layer
         _logged.add(line)
         logger.info(f"rope_scaling (override): {line}")

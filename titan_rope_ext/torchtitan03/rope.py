@@ -9,9 +9,14 @@ dim, theta, max_seq_len)``, so its rows, shape, dtype, positions handling and ``
 stay stock's, and the cache never reaches a checkpoint.
 
 Attention factor: the cache's magnitude (complex) or a factor on cos and sin, as transformers
-scales cos and sin; q and k each carry it once, so the logits carry its square, exactly once. The
-inherited stock scaling fields are pinned to ``scaling = "none"``: attention code that reads them to
-fold a YaRN factor into its softmax scale sees none, and the section alone decides the RoPE.
+scales cos and sin; q and k each carry it once, so the logits carry its square, exactly once. Where
+a model's attention applies it in its softmax scale instead (gpt_oss with YaRN's own factor), its
+adapter sets ``factor_in_cache = False`` and the cache is a pure rotation.
+
+The inherited stock scaling fields never shape our cache: the section alone decides it. They are
+``scaling = "none"`` unless a model's adapter sets ``scaling = "yarn"`` and ``rope_factor`` to tell
+an attention that folds a YaRN factor into its softmax scale from them (deepseek_v3's MLA, gpt_oss)
+which factor to fold: the adapter's ``convert`` says which, and why it is transformers' number.
 
 The configs subclass the stock ones, so ``isinstance`` checks (e.g. the HF state-dict adapters'
 ``_validate_hf_rope_config``) and ``dataclasses.replace`` (``update_from_config`` resizes
@@ -39,10 +44,10 @@ from titan_rope_ext.torchtitan03.cache_share import CacheSharing, SharedCache
 
 
 def _check(config) -> None:
-    if config.scaling != "none":
+    if config.scaling not in ("none", "yarn"):
         raise ValueError(
-            f"{type(config).__qualname__}.scaling must be 'none' (rope_scaling decides the RoPE), "
-            f"got {config.scaling!r}"
+            f"{type(config).__qualname__}.scaling must be 'none' or 'yarn' (rope_scaling decides the cache; "
+            f"'yarn' only tells an attention which factor to fold into its softmax scale), got {config.scaling!r}"
         )
     if config.rope_scaling.rope_type is None:
         raise ValueError("rope_scaling.from_hf_assets is not resolved: build the config through "
@@ -53,6 +58,12 @@ def _check(config) -> None:
 def frequencies(config) -> tuple[torch.Tensor, float]:
     """``(inv_freq, attention_factor)`` of one of our RoPE configs, for ``max_seq_len`` positions."""
     return rope_frequencies(config.rope_scaling, config.dim, config.theta, config.max_seq_len)
+
+
+def cache_frequencies(config) -> tuple[torch.Tensor, float]:
+    """``(inv_freq, factor the cache carries)``: the attention factor, or 1 where the attention applies it."""
+    inv_freq, attention_factor = frequencies(config)
+    return inv_freq, attention_factor if config.factor_in_cache else 1.0
 
 
 def _build(config, stock_config: type, **kwargs):
@@ -79,7 +90,7 @@ class _OneCachePerModel:
     def cache_key(self) -> tuple:
         """What decides the cache's values: modules with equal keys may hold one tensor."""
         c = self.config
-        return type(self).__qualname__, c.dim, c.max_seq_len, c.theta, repr(c.rope_scaling)
+        return type(self).__qualname__, c.dim, c.max_seq_len, c.theta, c.factor_in_cache, repr(c.rope_scaling)
 
     def _precompute_cache(self) -> torch.Tensor:
         # on the current default device: meta at construction in the Trainer, buffer_device in init_states
@@ -111,6 +122,9 @@ class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
         rope_scaling: RopeScaling = field(default_factory=RopeScaling)
         """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
 
+        factor_in_cache: bool = True
+        """False: the cache is a pure rotation; the attention applies the factor in its softmax scale."""
+
         cache_sharing: CacheSharing | None = field(default=None, compare=False, repr=False)
         """One cache for every RoPE module built from this model config (``scale_model`` sets it);
         None: one cache per module, as stock."""
@@ -122,7 +136,7 @@ class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
             return _build(self, ComplexRoPE.Config, **kwargs)
 
     def _build_cache(self) -> torch.Tensor:
-        inv_freq, attention_factor = frequencies(self.config)
+        inv_freq, attention_factor = cache_frequencies(self.config)
         return complex_cache(inv_freq, attention_factor, self.config.max_seq_len)
 
 
@@ -133,6 +147,9 @@ class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
     class Config(CosSinRoPE.Config):
         rope_scaling: RopeScaling = field(default_factory=RopeScaling)
         """The section that decides this RoPE; ``theta`` above is the model's ``rope_theta``."""
+
+        factor_in_cache: bool = True
+        """False: the cache is a pure rotation; the attention applies the factor in its softmax scale."""
 
         cache_sharing: CacheSharing | None = field(default=None, compare=False, repr=False)
         """One cache for every RoPE module built from this model config (``scale_model`` sets it);
@@ -145,5 +162,5 @@ class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
             return _build(self, CosSinRoPE.Config, **kwargs)
 
     def _build_cache(self) -> torch.Tensor:
-        inv_freq, attention_factor = frequencies(self.config)
+        inv_freq, attention_factor = cache_frequencies(self.config)
         return cos_sin_cache(inv_freq, attention_factor, self.config.max_seq_len)

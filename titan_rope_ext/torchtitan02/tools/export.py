@@ -40,27 +40,19 @@ import torch
 from titan_rope_ext.config import RopeScaling
 from titan_rope_ext.hf import load_config_json
 from titan_rope_ext.hf_export import Architecture, HfRope, hf_rope_keys, merge_config
-from titan_rope_ext.tools.hf_folder import (check_checkpoint, check_out, DTYPES, ExportError, load_model_tensors,
+from titan_rope_ext.tools import hf_architectures
+from titan_rope_ext.tools.hf_folder import (as_written, check_checkpoint, check_out, ExportError, load_model_tensors,
                                             tokenizer_files, write_config_and_tokenizer, write_folder, write_safetensors)
 
 # ---- torchtitan 0.2 model args -> transformers architecture ----------------------------------------------------
 
 def _llama3(args, shapes: dict[str, torch.Size]) -> Architecture:
-    n_layers = args.n_layers
-    return Architecture(
-        model_types=("llama",),
-        expected=dict(hidden_size=args.dim, num_hidden_layers=n_layers, num_attention_heads=args.n_heads,
-                      num_key_value_heads=args.n_kv_heads or args.n_heads, head_dim=args.dim // args.n_heads,
-                      intermediate_size=shapes["layers.0.feed_forward.w1.weight"][0], vocab_size=args.vocab_size,
-                      rms_norm_eps=args.norm_eps, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-                      hidden_act="silu"),
-        # transformers 5.24.0's LlamaConfig when a key is missing (tests/unit/test_export_tool.py)
-        defaults=dict(num_key_value_heads=lambda base: base.get("num_attention_heads"),
-                      head_dim=lambda base: base["hidden_size"] // base["num_attention_heads"],
-                      rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-                      hidden_act="silu"),
-        new_config=dict(model_type="llama", architectures=["LlamaForCausalLM"]),
-    )
+    return hf_architectures.llama(dict(
+        hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads or args.n_heads, head_dim=args.dim // args.n_heads,
+        intermediate_size=shapes["layers.0.feed_forward.w1.weight"][0], vocab_size=args.vocab_size,
+        rms_norm_eps=args.norm_eps, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        hidden_act="silu"))
 
 
 def _qwen3(args, shapes: dict[str, torch.Size]) -> Architecture:
@@ -69,18 +61,12 @@ def _qwen3(args, shapes: dict[str, torch.Size]) -> Architecture:
                           "Qwen3) only")
     if not args.qk_norm:
         raise ExportError("the qwen3 flavor has qk_norm = False; transformers' Qwen3 always normalizes q and k")
-    return Architecture(
-        model_types=("qwen3",),
-        expected=dict(hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
-                      num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, intermediate_size=args.hidden_dim,
-                      vocab_size=args.vocab_size, rms_norm_eps=args.norm_eps,
-                      tie_word_embeddings=args.enable_weight_tying, attention_bias=False, hidden_act="silu",
-                      use_sliding_window=False, layer_types=["full_attention"] * args.n_layers),
-        defaults=dict(num_key_value_heads=32, head_dim=128, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                      attention_bias=False, hidden_act="silu", use_sliding_window=False,
-                      layer_types=lambda base: ["full_attention"] * base.get("num_hidden_layers", 0)),
-        new_config=dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"]),
-    )
+    return hf_architectures.qwen3(dict(
+        hidden_size=args.dim, num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_kv_heads, head_dim=args.head_dim, intermediate_size=args.hidden_dim,
+        vocab_size=args.vocab_size, rms_norm_eps=args.norm_eps, tie_word_embeddings=args.enable_weight_tying,
+        attention_bias=False, hidden_act="silu", use_sliding_window=False,
+        layer_types=["full_attention"] * args.n_layers))
 
 
 ARCHITECTURES: dict[str, Callable[[Any, dict[str, torch.Size]], Architecture]] = {"llama3": _llama3, "qwen3": _qwen3}
@@ -158,22 +144,9 @@ class Plan:
 def hf_tensors(plan: Plan, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` through torchtitan's state-dict adapter (HF names, q/k permutation), cast to the export dtype."""
     adapter = plan.spec.state_dict_adapter(plan.model_args, None)  # the assets path only shards HF saves
-    dtype = DTYPES[plan.dtype]
-    out, seen = {}, set()
-    for key, value in adapter.to_hf(state).items():
-        value = value.to(dtype).contiguous()
-        if value.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
-            value = value.clone()
-        seen.add(value.untyped_storage().data_ptr())
-        out[key] = value
-    if plan.config.get("tie_word_embeddings") and "lm_head.weight" in out:
-        # torchtitan 0.2.0's qwen3 ties the output to the embedding in parallelize, so its adapter still writes
-        # the output; transformers ties lm_head itself: the file keeps the embedding only
-        head, embedding = out.pop("lm_head.weight"), out["model.embed_tokens.weight"]
-        if not head.is_meta and not torch.equal(head, embedding):
-            raise ValueError("the checkpoint's output weight differs from its embedding, but the model ties them "
-                             "(tie_word_embeddings); export the untied flavor")
-    return out
+    # torchtitan 0.2.0's qwen3 ties the output to the embedding in parallelize, so its adapter still writes the
+    # output; transformers ties lm_head itself: as_written keeps the embedding only
+    return as_written(adapter.to_hf(state), plan.dtype, bool(plan.config.get("tie_word_embeddings")))
 
 
 def export(plan: Plan, checkpoint: str, out: Path, force: bool) -> list[str]:

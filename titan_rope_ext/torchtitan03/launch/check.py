@@ -18,12 +18,16 @@ class ConfigError(ValueError):
     pass
 
 
-def preflight(args: list[str]):
-    """Parses ``args`` (``titan-rope train`` form) like torchtitan's ``train.py``; returns the RopeTrainer.Config."""
+def preflight(args: list[str], as_given: bool = False):
+    """Parses ``args`` (``titan-rope train`` form) like torchtitan's ``train.py``; returns the RopeTrainer.Config.
+
+    ``as_given``: parse them as ``torchrun -m torchtitan.train`` does, without the rewrite to the ``jobs`` form
+    (the config function's own ``Trainer.Config``: a section only if it returns ``RopeTrainer.Config``).
+    """
     from torchtitan.config import ConfigManager
 
     try:
-        return ConfigManager().parse_args(with_rope_section(args))
+        return ConfigManager().parse_args(list(args) if as_given else with_rope_section(args))
     except SystemExit as e:  # tyro printed its usage error (bad value, unknown flag) already
         raise ConfigError("invalid torchtitan arguments (see above)") from e
     except (ValueError, TypeError, ImportError) as e:

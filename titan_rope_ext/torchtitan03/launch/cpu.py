@@ -10,7 +10,12 @@ One more for 0.3, applied to the job's config and only in those workers: torchti
 language models default to FlexAttention, which has no backward on CPU, so every
 ``FlexAttention.Config`` becomes torchtitan's ``ScaledDotProductAttention.Config``. SDPA takes no
 masks: attention is causal over the whole window (no per-document masking), while RoPE still
-gets the dataloader's per-document positions. GPU runs never pass through here.
+gets the dataloader's per-document positions. That is the same attention only for models whose
+FlexAttention is plain causal attention: llama3 and qwen3 (``CPU_SDPA_MODELS``). Other models'
+FlexAttention carries what SDPA would drop silently (gpt_oss's sinks and sliding window,
+muse_glimmer's sliding window), or their CPU runs are untested (deepseek_v3 and kimi's MLA and MoE), so a
+CPU run of them is refused before any work. GPU runs never pass through here. ``titan-rope eval`` on CPU
+makes the same swap (``use_sdpa``), with the same refusals.
 """
 
 from __future__ import annotations
@@ -28,12 +33,26 @@ def cpu_worker() -> bool:
     return apply_cpu_shims()  # idempotent: True where applied (at package import), False on an accelerator host
 
 
-def use_sdpa(config) -> int:
-    """Replaces every ``FlexAttention.Config`` inner attention of ``config.model_spec.model`` by SDPA; returns how many."""
+CPU_SDPA_MODELS = ("llama3", "qwen3")
+"""Models whose FlexAttention is plain causal attention, so causal SDPA computes the same on CPU."""
+
+
+def use_sdpa(config, command: str = "train") -> int:
+    """Replaces every ``FlexAttention.Config`` inner attention of ``config.model_spec.model`` by SDPA; returns how many.
+
+    Raises ValueError for a model outside ``CPU_SDPA_MODELS`` (SDPA would drop, silently, what its attention does
+    beyond causal masking, or its attention needs CUDA), naming ``command`` (``titan-rope train``, ``eval``)."""
     from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAttention
 
+    name = config.model_spec.name
+    layers = getattr(config.model_spec.model, "layers", None) or []
+    if name not in CPU_SDPA_MODELS:
+        raise ValueError(f"titan-rope {command} on CPU runs {', '.join(CPU_SDPA_MODELS)} (causal SDPA in place of "
+                         f"FlexAttention); {name}'s attention does more than causal masking (sinks, sliding "
+                         "windows), needs CUDA (varlen) or is untested on CPU: run it on a GPU")
+
     swapped = 0
-    for layer in getattr(config.model_spec.model, "layers", None) or []:
+    for layer in layers:
         attention = getattr(layer, "attention", None)
         if attention is not None and isinstance(getattr(attention, "inner_attention", None), FlexAttention.Config):
             layer.attention = dataclasses.replace(attention, inner_attention=ScaledDotProductAttention.Config())

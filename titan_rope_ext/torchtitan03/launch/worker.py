@@ -4,7 +4,9 @@
 package applies the CPU shims on import, before torchtitan is imported). With ``TITAN_ROPE_CHECK=1``
 (one rank) it first runs the pre-launch check. Then it runs ``torchtitan.train`` as ``__main__`` -- what
 ``torchrun -m torchtitan.train`` runs -- on the arguments rewritten to the ``jobs`` form, so torchtitan's
-own main parses the job (with its ``rope_scaling`` section) and builds and runs the Trainer.
+own main parses the job (with its ``rope_scaling`` section) and builds and runs the Trainer. When that
+returns, rank 0 completes a ``checkpoint.last_save_in_hf`` folder with its config.json and tokenizer files
+(``titan_rope_ext.torchtitan03.tools.export``), as ``titan-rope export --config-only`` writes them.
 """
 
 import os
@@ -25,6 +27,25 @@ def main() -> None:
         check_or_exit(args)
     sys.argv = [sys.argv[0], *with_rope_section(args)]
     runpy.run_module("torchtitan.train", run_name="__main__", alter_sys=True)
+    if os.environ.get("RANK", "0") == "0":
+        complete_hf_save(args)
+
+
+def complete_hf_save(args: list[str]) -> None:
+    """A job with ``checkpoint.last_save_in_hf`` gets its config.json (and tokenizer files) in the HF folder torchtitan
+    wrote; a job that cannot is told why. The job is parsed again (under a second), not searched for the flag: a
+    config function may set ``last_save_in_hf`` itself."""
+    from titan_rope_ext.torchtitan03.tools.export import complete_last_save
+
+    try:
+        folder = complete_last_save(args)
+    except ValueError as e:  # training is done and its safetensors are fine; say why there is no config.json
+        print(f"titan-rope: warning: no config.json written next to the last_save_in_hf safetensors: {e}",
+              file=sys.stderr)
+        return
+    if folder is not None:
+        print(f"titan-rope: wrote {folder / 'config.json'} (trained RoPE for transformers; see docs/hf_roundtrip.md)",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
