@@ -64,7 +64,7 @@ def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
     from torchtitan.models.qwen3.model import model as qwen3
 
     from titan_rope_ext.kernels.rotary import rotate
-    from titan_rope_ext.torchtitan02.models._fused import cache_views
+    from titan_rope_ext.cache import cache_views
 
     head_dim = q.shape[-1]
     pair_cos, pair_sin = cache_views(freqs_cis, head_dim, pairs=True)
@@ -195,7 +195,7 @@ def graphed_ms(fn) -> float:
 
 def sweep(batch: int, seq: int) -> list[dict]:
     from titan_rope_ext.kernels import rotary as kernel
-    from titan_rope_ext.torchtitan02.models._fused import cache_views
+    from titan_rope_ext.cache import cache_views
 
     q = torch.randn(batch, seq, 32, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(batch, seq, 8, 128, device="cuda", dtype=torch.bfloat16)
