@@ -3,6 +3,7 @@
 Usage (torchtitan 0.3.0 and this repo importable)::
 
     python benchmarks/overhead03.py [--layers 2] [--seq 8192] [--rounds 12] [--steps 5] [--out FILE.json]
+    python benchmarks/overhead03.py --apply fused --layers 4 --out FILE.json   # stock vs apply = "fused"
     python benchmarks/overhead03.py --device cpu --dim 64 --heads 4 --kv-heads 2 --ffn 128 --vocab 256 \\
         --seq 64 --rounds 2 --steps 1 --no-compile --out toy.json          # the CPU test's toy run
 
@@ -13,7 +14,10 @@ go through the Trainer's own steps: ``update_from_config`` (every RoPE's ``max_s
 ``--seq``), ``build()`` on the meta device, ``to_empty``, ``init_weights`` (-> ``init_states``, which
 rebuilds each RoPE cache on the device). Stock keeps the flavor's RoPE (``ComplexRoPE``, ``scaling =
 "llama"``); converted has every RoPE swapped by ``titan_rope_ext.torchtitan03.models.scale_model`` for
-YaRN x4 over ``--seq // 4`` positions, then loads the stock copy's weights.
+YaRN x4 over ``--seq // 4`` positions, then loads the stock copy's weights. ``--apply fused`` converts
+with ``apply = "fused"`` (q and k rotated by the Triton op inside our RoPE modules' ``forward``); the
+report counts the kernel's launches in one eager forward of each copy (one per layer where the fused
+path runs; 0 on CPU, where our modules take stock's ``forward``).
 
 A training step is forward (positions ``0..seq-1`` and the causal block mask that the Trainer builds
 from them, made once outside the timing), cross-entropy on the full logits, backward and a fused AdamW
@@ -129,6 +133,21 @@ def rope_cache_bytes(model) -> dict:
             "buffer_dtype": str(buffers[0].dtype) if buffers else None}
 
 
+def rotary_launches(model, batch: dict) -> int:
+    """Fused-kernel launches in one eager forward of ``model`` (no grad, bf16 autocast): on CUDA the
+    fused path's eager entry launches the kernel itself, once per layer (q and k together)."""
+    from titan_rope_ext.kernels import rotary
+
+    launch, calls = rotary.launch, []
+    rotary.launch = lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
+    try:
+        with torch.no_grad(), torch.autocast(batch["tokens"].device.type, dtype=torch.bfloat16):
+            model(batch["tokens"], positions=batch["positions"], attention_masks=batch["masks"])
+    finally:
+        rotary.launch = launch
+    return len(calls)
+
+
 def make_step(model, device: torch.device, batch: dict):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
@@ -233,6 +252,8 @@ def parse(argv=None):
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (apply_compile's)")
     for flag in ("dim", "heads", "kv-heads", "ffn", "vocab"):
         parser.add_argument(f"--{flag}", type=int, default=None, help="toy shape (default: the 8B flavor's)")
+    parser.add_argument("--apply", default="torchtitan", choices=["torchtitan", "fused"],
+                        help="the converted copy's rope_scaling.apply")
     parser.add_argument("--out", default=None)
     opts = parser.parse_args(argv)
     opts.device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -255,7 +276,8 @@ def main(argv=None) -> int:
 
     from titan_rope_ext import RopeScaling
 
-    section = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=opts.seq // 4)
+    section = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=opts.seq // 4,
+                          apply=opts.apply)
     stock_config, _ = model_config(opts)
     converted_config, summary = model_config(opts, section)
     shape = shape_of(stock_config)
@@ -302,6 +324,9 @@ def main(argv=None) -> int:
     # the Trainer builds the masks from the dataloader's positions for flex/varlen; identical for both copies
     masks = stock.get_attention_masks(positions=positions) if opts.attn == "flex" else None
     batch = {"tokens": tokens, "labels": labels, "positions": positions, "masks": masks}
+    report["fused_launches_per_forward"] = {name: rotary_launches(model, batch)
+                                            for name, model in (("stock", stock), ("converted", converted))}
+    log(f"fused rotary kernel launches in one eager forward: {report['fused_launches_per_forward']}")
     steps = {"stock": make_step(stock, device, batch), "converted": make_step(converted, device, batch)}
     ntok = tokens.numel()
     save(report)

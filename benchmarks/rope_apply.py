@@ -1,6 +1,6 @@
 """Rotary application speed: the fused op against torchtitan's own code and Liger's kernel, one run.
 
-Usage (one GPU; torchtitan 0.2.2 importable; liger-kernel optional)::
+Usage (one GPU; torchtitan 0.2.2 or 0.3.0 importable; liger-kernel and helion optional)::
 
     python benchmarks/rope_apply.py [--seqs 8192,32768] [--batch 2] [--out FILE.json] [--sweep]
 
@@ -13,6 +13,16 @@ For q ``(batch, seq, 32, 128)`` and k ``(batch, seq, 8, 128)`` in bf16 (llama3-8
 * rotate-half (qwen3's ``[cos | sin]`` cache): torchtitan 0.2.2 qwen3 ``apply_rotary_emb`` eager
   and compiled, Liger's ``LigerRopeFunction`` (in place, on the ``(batch, heads, seq, dim)`` view it
   expects), and ``titan_rope.rotary`` (halves).
+
+With torchtitan 0.3 the candidates are RoPE modules called as 0.3's attentions call them,
+``rope(q, k, positions)`` with the per-document positions 0.3's dataloader gives (``(batch, seq)``,
+``--positions batch``, the default; ``none``: no positions): stock ``ComplexRoPE`` (llama3's, Llama
+3.1 scaling) eager and compiled; stock ``CosSinRoPE`` (qwen3's) eager and compiled; ours with
+``apply = "fused"`` (``ScaledComplexRoPE`` / ``ScaledCosSinRoPE``, YaRN x4: what a converted model
+runs); and torchtitan's own Helion override (``torchtitan.overrides.helion_rope``:
+``HelionComplexRoPE`` / ``HelionCosSinRoPE``) where ``helion`` imports (else its rows are skipped,
+with the reason in the output and the JSON). Stock's forward gathers the cache rows of the positions
+first (a ``(batch, seq, 1, width)`` copy); the fused and Helion forwards read the cache by position.
 
 Forward alone and forward + backward (``torch.autograd.grad`` of a fixed upstream gradient), and
 the op's backward alone (it is the same kernel rotating by the opposite angle). The fused rows call
@@ -35,8 +45,10 @@ first shape for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
@@ -58,13 +70,13 @@ def caches(seq: int, head_dim: int, device: str) -> tuple[torch.Tensor, torch.Te
         return complex_cache(inv_freq, factor, seq), cos_sin_cache(inv_freq, factor, seq)
 
 
-def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
-    """name -> {"fn": (q, k) -> (q_out, k_out), "layout": ...}."""
+def candidates02(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
+    """torchtitan 0.2: name -> {"fn": (q, k) -> (q_out, k_out), "layout": ...}."""
     from torchtitan.models.llama3.model import model as llama3
     from torchtitan.models.qwen3.model import model as qwen3
 
     from titan_rope_ext.kernels.rotary import rotate
-    from titan_rope_ext.torchtitan02.models._fused import cache_views
+    from titan_rope_ext.cache import cache_views
 
     head_dim = q.shape[-1]
     pair_cos, pair_sin = cache_views(freqs_cis, head_dim, pairs=True)
@@ -82,20 +94,86 @@ def candidates(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
                            "layout": "halves",
                            "bwd": lambda a, b: rotate(a, b, half_cos, half_sin, None, False, True)},
     }
+    out.update(liger_candidate(q, rope_cache))
+    return out
+
+
+def liger_candidate(q, rope_cache) -> dict[str, dict]:
+    """Liger's rotate-half kernel on the ``[cos | sin]`` cache's rows (no positions), if it imports."""
     try:
         from liger_kernel.ops.rope import LigerRopeFunction
     except ImportError as err:
         print(f"liger-kernel not importable ({err}); its row is skipped", file=sys.stderr)
+        return {}
+    seq, head_dim = q.shape[1], q.shape[-1]
+    cos = rope_cache[:seq, :head_dim].to(q.dtype)[None]  # (1, seq, head_dim), as Liger takes them
+    sin = rope_cache[:seq, head_dim:].to(q.dtype)[None]
+
+    def liger(a, b):  # Liger wants (batch, heads, seq, dim); transposing back gives our layout
+        qo, ko = LigerRopeFunction.apply(a.transpose(1, 2), b.transpose(1, 2), cos, sin)
+        return qo.transpose(1, 2), ko.transpose(1, 2)
+
+    return {"liger (halves)": {"fn": liger, "layout": "halves"}}
+
+
+def positions_for(kind: str, batch: int, seq: int, device: str) -> torch.Tensor | None:
+    """``None``, or per-document positions ``(batch, seq)`` as 0.3's dataloader builds them: packed
+    documents of a different length in each row (positions restart at 0 at each document)."""
+    if kind == "none":
+        return None
+    return torch.stack([torch.arange(seq, device=device) % (997 + 500 * b) for b in range(batch)])
+
+
+HELION_ERROR: str | None = None
+"""Why torchtitan's Helion override could not run here (set by ``candidates03``), None where it ran."""
+
+
+def candidates03(q, k, positions) -> dict[str, dict]:
+    """torchtitan 0.3: name -> {"fn": (q, k) -> (q_out, k_out), "layout": ...}: RoPE modules with
+    ``max_seq_len = seq``, called as the attentions call them, ``rope(q, k, positions)``."""
+    global HELION_ERROR
+    from torchtitan.models.common.rope import ComplexRoPE, CosSinRoPE
+
+    from titan_rope_ext import RopeScaling
+    from titan_rope_ext.cache import cache_views
+    from titan_rope_ext.kernels.rotary import rotate
+    from titan_rope_ext.torchtitan03.rope import ScaledComplexRoPE, ScaledCosSinRoPE
+
+    seq, head_dim = q.shape[1], q.shape[-1]
+    stock = dict(dim=head_dim, max_seq_len=seq, theta=500000.0)
+    section = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=max(1, seq // 4), apply="fused")
+    with torch.device(q.device):
+        llama3 = ComplexRoPE.Config(**stock, scaling="llama").build()  # stock llama3's RoPE
+        qwen3 = CosSinRoPE.Config(**stock).build()  # stock qwen3's RoPE (theta aside: it does not change the work)
+        pairs = ScaledComplexRoPE.Config(**stock, rope_scaling=section).build()
+        halves = ScaledCosSinRoPE.Config(**stock, rope_scaling=section).build()
+    assert pairs.config.rope_scaling.apply == halves.config.rope_scaling.apply == "fused"
+    pair_cos, pair_sin = cache_views(pairs.cache, head_dim, pairs=True)
+    half_cos, half_sin = cache_views(halves.cache, head_dim, pairs=False)
+    compiled = functools.partial(torch.compile, fullgraph=True, dynamic=False)
+    out = {
+        "llama3 stock eager": {"fn": lambda a, b: llama3(a, b, positions), "layout": "pairs"},
+        "llama3 stock compiled": {"fn": compiled(lambda a, b: llama3(a, b, positions)), "layout": "pairs"},
+        "fused (pairs)": {"fn": lambda a, b: pairs(a, b, positions), "layout": "pairs",
+                          "bwd": lambda a, b: rotate(a, b, pair_cos, pair_sin, positions, True, True)},
+        "qwen3 stock eager": {"fn": lambda a, b: qwen3(a, b, positions), "layout": "halves"},
+        "qwen3 stock compiled": {"fn": compiled(lambda a, b: qwen3(a, b, positions)), "layout": "halves"},
+        "fused (halves)": {"fn": lambda a, b: halves(a, b, positions), "layout": "halves",
+                           "bwd": lambda a, b: rotate(a, b, half_cos, half_sin, positions, False, True)},
+    }
+    from torchtitan.overrides import helion_rope
+
+    if helion_rope._HELION_IMPORT_ERROR is not None:
+        HELION_ERROR = f"helion not importable: {helion_rope._HELION_IMPORT_ERROR}"
+        print(f"{HELION_ERROR}; torchtitan.overrides.helion_rope's rows are skipped", file=sys.stderr)
     else:
-        seq = q.shape[1]
-        cos = rope_cache[:seq, :head_dim].to(q.dtype)[None]  # (1, seq, head_dim), as Liger takes them
-        sin = rope_cache[:seq, head_dim:].to(q.dtype)[None]
-
-        def liger(a, b):  # Liger wants (batch, heads, seq, dim); transposing back gives our layout
-            qo, ko = LigerRopeFunction.apply(a.transpose(1, 2), b.transpose(1, 2), cos, sin)
-            return qo.transpose(1, 2), ko.transpose(1, 2)
-
-        out["liger (halves)"] = {"fn": liger, "layout": "halves"}
+        with torch.device(q.device):
+            helion_pairs = helion_rope.HelionComplexRoPE.Config(**stock, scaling="llama").build()
+            helion_halves = helion_rope.HelionCosSinRoPE.Config(**stock).build()
+        out["helion (pairs)"] = {"fn": lambda a, b: helion_pairs(a, b, positions), "layout": "pairs"}
+        out["helion (halves)"] = {"fn": lambda a, b: helion_halves(a, b, positions), "layout": "halves"}
+    if positions is None:  # Liger takes no positions
+        out.update(liger_candidate(q, qwen3.cache))
     return out
 
 
@@ -130,7 +208,7 @@ def timings(fn, limit_ms: float, prefix: str) -> dict:
             f"{prefix}_gpu_pct_copy": None if gpu is None else 100 * limit_ms / gpu}
 
 
-def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -> dict:
+def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int, line: str, positions: str) -> dict:
     torch.manual_seed(0)
     q = torch.randn(batch, seq, q_heads, head_dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(batch, seq, k_heads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -140,14 +218,18 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
     dst = torch.empty_like(src)
     copy_ms, copy_gpu_ms = bench(lambda: dst.copy_(src)), graphed_ms(lambda: dst.copy_(src))
     reference = min(copy_ms, copy_gpu_ms)  # the faster copy timing is the bandwidth both columns divide by
-    freqs_cis, rope_cache = caches(seq, head_dim, "cuda")
     tiny_q, tiny_k = q[:1, :16, :4].clone(), k[:1, :16, :2].clone()
-    tiny_caches = freqs_cis[:16], rope_cache[:16]
-    tiny = candidates(tiny_q, tiny_k, *tiny_caches)
+    if line == "0.3":
+        tiny = candidates03(tiny_q, tiny_k, positions_for(positions, 1, 16, "cuda"))
+        full = candidates03(q, k, positions_for(positions, batch, seq, "cuda"))
+    else:
+        freqs_cis, rope_cache = caches(seq, head_dim, "cuda")
+        tiny = candidates02(tiny_q, tiny_k, freqs_cis[:16], rope_cache[:16])
+        full = candidates02(q, k, freqs_cis, rope_cache)
     tiny_qg, tiny_kg = tiny_q.clone().requires_grad_(), tiny_k.clone().requires_grad_()
     tiny_grads = torch.randn_like(tiny_q), torch.randn_like(tiny_k)
     rows = {}
-    for name, c in candidates(q, k, freqs_cis, rope_cache).items():
+    for name, c in full.items():
         fn = c["fn"]
         qg, kg = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
 
@@ -174,6 +256,7 @@ def run_shape(batch: int, seq: int, q_heads: int, k_heads: int, head_dim: int) -
                     if row[key] is not None and rows[fused][key] is not None:
                         row[f"fused_speedup_{key}"] = row[key] / rows[fused][key]
     return {"q": list(q.shape), "k": list(k.shape), "dtype": "bfloat16", "bytes_moved": nbytes,
+            "positions": positions if line == "0.3" else "none",
             "copy_ms": copy_ms, "copy_gpu_ms": copy_gpu_ms, "copy_GBps": nbytes / copy_ms / 1e6,
             "copy_gpu_GBps": nbytes / copy_gpu_ms / 1e6, "copy_reference_ms": reference, "rows": rows}
 
@@ -195,7 +278,7 @@ def graphed_ms(fn) -> float:
 
 def sweep(batch: int, seq: int) -> list[dict]:
     from titan_rope_ext.kernels import rotary as kernel
-    from titan_rope_ext.torchtitan02.models._fused import cache_views
+    from titan_rope_ext.cache import cache_views
 
     q = torch.randn(batch, seq, 32, 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(batch, seq, 8, 128, device="cuda", dtype=torch.bfloat16)
@@ -223,7 +306,8 @@ def table(result: dict) -> str:
         ms, pct = row.get(f"{key}_ms"), row.get(f"{key}_pct_copy")
         return f"{ms:8.4f} {pct:5.1f}%" if ms is not None else f"{'n/a':>8} {'':6}"
 
-    lines = [f"q {tuple(result['q'])}, k {tuple(result['k'])} bf16: {result['bytes_moved'] / 1e6:.1f} MB moved; "
+    lines = [f"q {tuple(result['q'])}, k {tuple(result['k'])} bf16, positions {result['positions']}: "
+             f"{result['bytes_moved'] / 1e6:.1f} MB moved; "
              f"copy {result['copy_ms']:.4f} ms ({result['copy_GBps']:.0f} GB/s), GPU time "
              f"{result['copy_gpu_ms']:.4f} ms ({result['copy_gpu_GBps']:.0f} GB/s); % copy uses "
              f"{result['copy_reference_ms']:.4f} ms",
@@ -233,7 +317,7 @@ def table(result: dict) -> str:
     for name, r in result["rows"].items():
         speed = ", ".join(f"{r[k]:.2f}x" if k in r else "n/a" for k in
                           ("fused_speedup_fwd_ms", "fused_speedup_fwd_gpu_ms", "fused_speedup_fwd_bwd_ms",
-                           "fused_speedup_fwd_bwd_gpu_ms")) if name.startswith(("llama3", "qwen3", "liger")) else ""
+                           "fused_speedup_fwd_bwd_gpu_ms")) if not name.startswith("fused") else ""
         bwd = cell(r, "bwd_gpu") if "bwd_gpu_ms" in r else f"{'':8} {'':6}"
         lines.append(f"{name:22} {r['host_us']:7.1f} {r['host_fwd_bwd_us']:6.0f} | {cell(r, 'fwd')} "
                      f"{cell(r, 'fwd_gpu')} |   {bwd} |   {cell(r, 'fwd_bwd')} {cell(r, 'fwd_bwd_gpu')} | {speed}")
@@ -246,15 +330,22 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--positions", default="batch", choices=["batch", "none"],
+                        help="torchtitan 0.3: positions passed to the RoPE modules (default: per-document, "
+                             "as 0.3's dataloader gives them); 0.2's rows take none")
     opts = parser.parse_args(argv)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv)}
-    try:
-        import liger_kernel  # noqa: F401
-        from importlib.metadata import version
+    from titan_rope_ext._torchtitan import torchtitan_line
 
-        report["liger_kernel"] = version("liger-kernel")
-    except ImportError:
-        report["liger_kernel"] = None
+    line = torchtitan_line()
+    if line is None:
+        raise SystemExit("rope_apply: needs torchtitan 0.2.x or 0.3.x")
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv),
+              "torchtitan_line": line, "torchtitan": version("torchtitan")}
+    for package in ("liger-kernel", "helion"):
+        try:
+            report[package.replace("-", "_")] = version(package)
+        except PackageNotFoundError:
+            report[package.replace("-", "_")] = None
     import triton
 
     report["triton"] = triton.__version__
@@ -263,8 +354,10 @@ def main(argv=None) -> int:
         report["sweep"] = sweep(opts.batch, seqs[0])
     report["shapes"] = []
     for seq in seqs:
-        result = run_shape(opts.batch, seq, 32, 8, 128)
+        result = run_shape(opts.batch, seq, 32, 8, 128, line, opts.positions)
         report["shapes"].append(result)
+        if line == "0.3":
+            report["helion_skipped"] = HELION_ERROR
         print(table(result), flush=True)
         torch.cuda.empty_cache()
     if opts.out:

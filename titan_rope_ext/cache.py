@@ -1,4 +1,5 @@
-"""Rotary caches built from ``(inv_freq, attention_factor)``, one function per layout.
+"""Rotary caches built from ``(inv_freq, attention_factor)``, one function per layout, and
+``cache_views``, which reads either layout in place as the ``(cos, sin)`` the fused op takes.
 
 Pure torch. Angles are ``position * inv_freq`` in float32; the attention factor scales the
 cache's magnitude, so applying the cache to q and to k carries it into the attention
@@ -38,3 +39,20 @@ def cos_sin_cache(inv_freq: torch.Tensor, attention_factor: float, seq_len: int)
     angles = rotation_angles(inv_freq, seq_len)
     both_halves = torch.cat([angles, angles], dim=-1)
     return torch.cat([both_halves.cos() * attention_factor, both_halves.sin() * attention_factor], dim=-1)
+
+
+def cache_views(cache: torch.Tensor, head_dim: int, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(rows, head_dim // 2)``, as views of the model's rotary buffer: the
+    complex ``freqs_cis`` / ``ComplexRoPE`` cache (``pairs``) or the float32 ``[cos | sin]`` cache with
+    repeated halves (torchtitan 0.2's qwen3 and gpt_oss, 0.3's ``CosSinRoPE``). No copy."""
+    if pairs:
+        if not cache.is_complex() or cache.shape[-1] != head_dim // 2:
+            raise ValueError(f"fused rope: expected a complex (rows, {head_dim // 2}) cache, got "
+                             f"{cache.dtype} {tuple(cache.shape)}")
+        real = torch.view_as_real(cache)
+        return real[..., 0], real[..., 1]
+    if cache.is_complex() or cache.shape[-1] != 2 * head_dim:
+        raise ValueError(f"fused rope: expected a float (rows, {2 * head_dim}) [cos | sin] cache, got "
+                         f"{cache.dtype} {tuple(cache.shape)}")
+    half = head_dim // 2
+    return cache[:, :half], cache[:, head_dim:head_dim + half]

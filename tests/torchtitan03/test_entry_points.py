@@ -143,11 +143,6 @@ def test_a_rope_subclass_and_a_model_without_attention_are_refused():
         RopeScalingConverter.Config(rope_scaling=RopeScaling()).build().convert(flux)
 
 
-def test_apply_fused_is_refused_on_0_3_for_now():
-    with pytest.raises(ValueError, match="rope_scaling.apply = 'fused' is not available on torchtitan 0.3"):
-        RopeScalingConverter.Config(rope_scaling=RopeScaling(apply="fused")).build().convert(model_config("llama3"))
-
-
 # --- --override.imports ---
 
 def test_override_swaps_every_attentions_rope_after_update_from_config():

@@ -46,3 +46,17 @@ def test_overhead03_toy_run_on_cpu_writes_both_modes(tmp_path):
         cache = report["rope_cache"][copy]
         assert cache["rope_modules"] == 2 and cache["buffer_dtype"] == "torch.complex64"
         assert cache["buffer_shape"] == [64, 8] and cache["bytes"] == cache["unique_storages"] * 64 * 8 * 8
+
+
+def test_overhead03_apply_fused_converts_with_the_fused_apply(tmp_path):
+    # on CPU our modules take stock's forward, so the kernel never launches (on a GPU: once per layer)
+    out = tmp_path / "fused.json"
+    args = [a for a in TOY if a not in ("--compile-backend", "aot_eager")] + ["--no-compile", "--apply", "fused"]
+    proc = subprocess.run([sys.executable, "benchmarks/overhead03.py", *args, "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    report = json.loads(out.read_text())
+    assert report["args"]["apply"] == "fused"
+    assert " apply=fused; head_dim=16" in report["converted_rope"]
+    assert report["fused_launches_per_forward"] == {"stock": 0, "converted": 0}
+    assert math.isfinite(report["eager"]["ratio"]) and report["compiled"] == "skipped (--no-compile)"

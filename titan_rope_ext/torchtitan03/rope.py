@@ -8,6 +8,9 @@ from ``_precompute_cache()`` at construction (on meta in the Trainer) and rebuil
 dim, theta, max_seq_len)``, so its rows, shape, dtype, positions handling and ``apply_rotary_emb``
 stay stock's, and the cache never reaches a checkpoint.
 
+With ``rope_scaling.apply = "fused"``, ``forward`` rotates q and k on CUDA with the fused Triton op,
+reading this cache in place (``fused.py``); elsewhere it is stock's ``forward``.
+
 Attention factor: the cache's magnitude (complex) or a factor on cos and sin, as transformers
 scales cos and sin; q and k each carry it once, so the logits carry its square, exactly once. Where
 a model's attention applies it in its softmax scale instead (gpt_oss with YaRN's own factor), its
@@ -41,6 +44,7 @@ from torchtitan.models.common.rope import ComplexRoPE, CosSinRoPE
 from titan_rope_ext.cache import complex_cache, cos_sin_cache
 from titan_rope_ext.config import rope_frequencies, RopeScaling
 from titan_rope_ext.torchtitan03.cache_share import CacheSharing, SharedCache
+from titan_rope_ext.torchtitan03.fused import fused_forward
 
 
 def _check(config) -> None:
@@ -117,6 +121,11 @@ class _OneCachePerModel:
 class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
     """``ComplexRoPE`` (complex64 ``(max_seq_len, dim // 2)``, adjacent pairs) with the cache from ``rope_scaling``."""
 
+    def forward(self, query, key, positions=None):
+        # rope_scaling.apply = "fused": q and k in one Triton launch on CUDA (fused.py); otherwise stock's
+        rotated = fused_forward(self, query, key, positions, pairs=True)
+        return rotated if rotated is not None else super().forward(query, key, positions)
+
     @dataclass(kw_only=True, slots=True)
     class Config(ComplexRoPE.Config):
         rope_scaling: RopeScaling = field(default_factory=RopeScaling)
@@ -142,6 +151,11 @@ class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
 
 class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
     """``CosSinRoPE`` (float32 ``(max_seq_len, 2 * dim)`` = ``[cos | sin]``, rotate-half) with the cache from ``rope_scaling``."""
+
+    def forward(self, query, key, positions=None):
+        # rope_scaling.apply = "fused": q and k in one Triton launch on CUDA (fused.py); otherwise stock's
+        rotated = fused_forward(self, query, key, positions, pairs=False)
+        return rotated if rotated is not None else super().forward(query, key, positions)
 
     @dataclass(kw_only=True, slots=True)
     class Config(CosSinRoPE.Config):

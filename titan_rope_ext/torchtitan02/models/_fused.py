@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from titan_rope_ext.cache import cache_views
 from titan_rope_ext.config import RopeScaling
 
 FUSED_DEVICES = ("cuda",)
@@ -36,22 +37,6 @@ FUSED_DEVICES = ("cuda",)
 
 STOCK_NAME = "apply_rotary_emb"
 """The module-level function every torchtitan 0.2.x attention ``forward`` calls to rotate q and k."""
-
-
-def cache_views(cache: torch.Tensor, head_dim: int, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``(rows, head_dim // 2)``, as views of the model's rotary buffer: the
-    complex ``freqs_cis`` (``pairs``) or the float32 ``[cos | sin]`` cache with repeated halves."""
-    if pairs:
-        if not cache.is_complex() or cache.shape[-1] != head_dim // 2:
-            raise ValueError(f"fused rope: expected a complex (rows, {head_dim // 2}) cache, got "
-                             f"{cache.dtype} {tuple(cache.shape)}")
-        real = torch.view_as_real(cache)
-        return real[..., 0], real[..., 1]
-    if cache.is_complex() or cache.shape[-1] != 2 * head_dim:
-        raise ValueError(f"fused rope: expected a float (rows, {2 * head_dim}) [cos | sin] cache, got "
-                         f"{cache.dtype} {tuple(cache.shape)}")
-    half = head_dim // 2
-    return cache[:, :half], cache[:, head_dim:head_dim + half]
 
 
 def _local(x: torch.Tensor):

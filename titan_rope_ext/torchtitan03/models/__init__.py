@@ -124,13 +124,6 @@ def adapter_for(attention_config, where: str, model_config=None) -> Adapter:
     return dataclasses.replace(matches[0], name=" or ".join(a.name for a in matches), model=None)
 
 
-def check_section(section: RopeScaling) -> None:
-    """What the section asks that this torchtitan line does not offer yet."""
-    if section.apply != "torchtitan":
-        raise ValueError(f"rope_scaling.apply = {section.apply!r} is not available on torchtitan 0.3 yet; "
-                         "use 'torchtitan' (the RoPE module's own apply_rotary_emb)")
-
-
 def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len: int | None = None,
                 cache_sharing: CacheSharing | None = None, **stock_fields):
     """Our RoPE config for ``rope_config`` (stock), decided by ``section``; ``max_seq_len`` resizes the cache.
@@ -141,7 +134,6 @@ def scaled_rope(adapter: Adapter, rope_config, section: RopeScaling, max_seq_len
     The inherited stock scaling fields never shape our cache: ``scaling = "none"`` unless
     ``stock_fields`` (an adapter) set what an attention that reads them folds into its softmax scale.
     """
-    check_section(section)
     if section.rope_type is None:
         raise ValueError("rope_scaling.from_hf_assets is not resolved: call resolve_hf_assets(hf_assets_path) first")
     section.check_head_dim(rope_config.dim)
@@ -173,7 +165,6 @@ def attentions(model_config) -> list[tuple[str, object, object]]:
 def check_model(model_config, section: RopeScaling, model_name: str = "") -> Adapter:
     """Checks that every attention of ``model_config`` is one the package handles and that
     ``section`` fits its RoPE; returns the adapter. Pure: changes nothing."""
-    check_section(section)
     shown = f"model {model_name!r}" if model_name else _name(type(model_config))
     chosen, with_rope = None, 0
     for fqn, _, attention in attentions(model_config):
