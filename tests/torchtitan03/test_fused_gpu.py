@@ -13,6 +13,8 @@ import importlib
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
+from torchtitan.models.common.attention import ScaledDotProductAttention
 
 from tests.torchtitan03.helpers import build, with_sdpa
 from titan_rope_ext import RopeScaling
@@ -93,6 +95,11 @@ def build_model(name: str, apply: str, ac: bool, compile_blocks: bool):
 
     config = with_sdpa(converted(name, apply))
     model = build(config, device="cuda")
+    for module in model.modules():
+        if isinstance(module, ScaledDotProductAttention):
+            # stock tries cuDNN attention first; its backward fails with torch 2.14.0+cu130 on the lent H200
+            # ("cuDNN Frontend error ... CUDNN_STATUS_BAD_PARAM", stock apply too; a segfault with positions)
+            module.sdpa_backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
     qkv = next(model.layers["0"].attention.qkv_linear.parameters())  # before any wrapper
     for layer_id, block in list(model.layers.named_children()):
         if ac:
