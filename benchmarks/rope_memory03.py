@@ -70,7 +70,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead03 import synchronize, versions  # noqa: E402  (the house helpers of benchmarks/overhead03.py)
+from overhead03 import synchronize, time_steps, versions  # noqa: E402  (the house helpers of benchmarks/overhead03.py)
 
 GIB = 2**30
 
@@ -436,7 +436,7 @@ def part_d(opts, device, seq: int, log) -> dict:
     for r in range(opts.rounds):
         order = list(copies) if r % 2 == 0 else list(reversed(copies))
         for name in order:
-            per_step[name].append(_time(copies[name].step, opts.steps, device))
+            per_step[name].append(time_steps(copies[name].step, opts.steps, device))
     med = {k: statistics.median(v) for k, v in per_step.items()}
     out = {"seq": seq, "rounds": opts.rounds, "steps_per_round": opts.steps,
            "step_ms_median": {k: round(1000 * v, 3) for k, v in med.items()},
@@ -451,22 +451,6 @@ def part_d(opts, device, seq: int, log) -> dict:
     copies = None
     free()
     return out
-
-
-def _time(step, n: int, device) -> float:
-    """Seconds per step over ``n`` back-to-back steps (CUDA events on a GPU)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            step()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000 / n
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - t0) / n
 
 
 # --------------------------------------------------------------------------- main

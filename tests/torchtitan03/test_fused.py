@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from tests.oplog import OpLog
 from torchtitan.models.common.rope import RoPE
 
 from tests.torchtitan03.helpers import build, with_sdpa
@@ -47,18 +47,6 @@ POSITIONS = {
     "documents": torch.stack([torch.cat([torch.arange(10), torch.arange(6)]),
                               torch.cat([torch.arange(3), torch.arange(13)])]),
 }
-
-
-class OpLog(TorchDispatchMode):
-    """Records the names of the ops that run."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

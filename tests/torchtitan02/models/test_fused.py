@@ -14,7 +14,7 @@ import inspect
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from tests.oplog import OpLog
 
 from titan_rope_ext import RopeScaling
 from titan_rope_ext.torchtitan02.models import _fused
@@ -23,18 +23,6 @@ from titan_rope_ext.torchtitan02.models._fused import fused_apply, FUSED_DEVICES
 
 MODELS = ["llama3", "llama4", "qwen3", "deepseek_v3", "gpt_oss"]
 YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64)
-
-
-class OpLog(TorchDispatchMode):
-    """Records the names of the ops that run."""
-
-    def __init__(self):
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture

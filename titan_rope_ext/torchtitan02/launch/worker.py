@@ -31,19 +31,12 @@ def main() -> None:
 def complete_hf_save(args: list[str]) -> None:
     """A job with ``checkpoint.last_save_in_hf`` gets its config.json (and tokenizer files) in the HF folder
     torchtitan wrote, as ``titan-rope export --config-only`` writes them; a job that cannot is told why."""
+    from titan_rope_ext.tools.export_command import report_last_save
     from titan_rope_ext.torchtitan02.tools.export import complete_last_save, mentions_last_save_in_hf
 
     if not mentions_last_save_in_hf(args):  # skip parsing the job again (about a second) for most runs
         return
-    try:
-        folder = complete_last_save(args)
-    except ValueError as e:  # training is done and its safetensors are fine; say why there is no config.json
-        print(f"titan-rope: warning: no config.json written next to the last_save_in_hf safetensors: {e}",
-              file=sys.stderr)
-        return
-    if folder is not None:
-        print(f"titan-rope: wrote {folder / 'config.json'} (trained RoPE for transformers; see docs/hf_roundtrip.md)",
-              file=sys.stderr)
+    report_last_save(lambda: complete_last_save(args))
 
 
 if __name__ == "__main__":

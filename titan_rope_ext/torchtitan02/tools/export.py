@@ -207,22 +207,9 @@ def complete_last_save(args: list[str]) -> Path | None:
 def run(opts, torchtitan_args: list[str]) -> int:
     """``titan-rope export`` with parsed options (see ``titan_rope_cli``) and the torchtitan arguments."""
     from titan_rope_ext.torchtitan02.launch.check import ConfigError, preflight
+    from titan_rope_ext.tools import export_command
 
-    try:
-        job = preflight(torchtitan_args)
-        plan = Plan(job, opts.dtype or (job.checkpoint.export_dtype if opts.config_only else "float32"))
-        print(f"titan-rope export: {plan.describe()}", file=sys.stderr)
-        if opts.config_only:
-            folder = Path(opts.out) if opts.out else last_save_folder(job)
-            files = write_config_only(plan, folder)
-        else:
-            folder = Path(opts.out)
-            files = export(plan, opts.checkpoint, folder, opts.force)
-    except (ConfigError, ValueError) as e:
-        print(f"titan-rope: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {folder}: {', '.join(files)}")
-    return 0
+    return export_command.run(opts, lambda: preflight(torchtitan_args), sys.modules[__name__], (ConfigError,))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,17 +35,10 @@ def complete_hf_save(args: list[str]) -> None:
     """A job with ``checkpoint.last_save_in_hf`` gets its config.json (and tokenizer files) in the HF folder torchtitan
     wrote; a job that cannot is told why. The job is parsed again (under a second), not searched for the flag: a
     config function may set ``last_save_in_hf`` itself."""
+    from titan_rope_ext.tools.export_command import report_last_save
     from titan_rope_ext.torchtitan03.tools.export import complete_last_save
 
-    try:
-        folder = complete_last_save(args)
-    except ValueError as e:  # training is done and its safetensors are fine; say why there is no config.json
-        print(f"titan-rope: warning: no config.json written next to the last_save_in_hf safetensors: {e}",
-              file=sys.stderr)
-        return
-    if folder is not None:
-        print(f"titan-rope: wrote {folder / 'config.json'} (trained RoPE for transformers; see docs/hf_roundtrip.md)",
-              file=sys.stderr)
+    report_last_save(lambda: complete_last_save(args))
 
 
 if __name__ == "__main__":

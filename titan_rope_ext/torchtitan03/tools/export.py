@@ -253,22 +253,10 @@ def complete_last_save(args: list[str]) -> Path | None:
 def run(opts, args: list[str]) -> int:
     """``titan-rope export`` on torchtitan 0.3 with parsed options (see ``titan_rope_cli``) and the job's arguments."""
     from titan_rope_ext.torchtitan03.launch.check import ConfigError, preflight
+    from titan_rope_ext.tools import export_command
 
-    try:
-        config = preflight(args, as_given=opts.torchtitan_train)
-        plan = Plan(config, opts.dtype or (config.checkpoint.export_dtype if opts.config_only else "float32"))
-        print(f"titan-rope export: {plan.describe()}", file=sys.stderr)
-        if opts.config_only:
-            folder = Path(opts.out) if opts.out else last_save_folder(config)
-            files = write_config_only(plan, folder)
-        else:
-            folder = Path(opts.out)
-            files = export(plan, opts.checkpoint, folder, opts.force)
-    except (ConfigError, ValueError) as e:
-        print(f"titan-rope: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {folder}: {', '.join(files)}")
-    return 0
+    job = lambda: preflight(args, as_given=opts.torchtitan_train)  # noqa: E731
+    return export_command.run(opts, job, sys.modules[__name__], (ConfigError,))
 
 
 def main(argv: list[str] | None = None) -> int:
