@@ -24,6 +24,9 @@ runs); and torchtitan's own Helion override (``torchtitan.overrides.helion_rope`
 with the reason in the output and the JSON). Stock's forward gathers the cache rows of the positions
 first (a ``(batch, seq, 1, width)`` copy); the fused and Helion forwards read the cache by position.
 
+Both lines also time ``cacheless (pairs)`` / ``cacheless (halves)``: ``rotate_cacheless``, the op that
+computes cos and sin in registers from ``inv_freq`` (same YaRN frequencies) and reads no cache.
+
 Forward alone and forward + backward (``torch.autograd.grad`` of a fixed upstream gradient), and
 the op's backward alone (it is the same kernel rotating by the opposite angle). The fused rows call
 ``titan_rope_ext.kernels.rotary.rotate``, what the model's drop-in calls. Each is timed two ways:
@@ -59,15 +62,36 @@ def bench(fn) -> float:
     return do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
+def yarn_frequencies(seq: int, head_dim: int, device) -> tuple[torch.Tensor, float]:
+    """``(inv_freq, attention_factor)`` of the YaRN x4 section every candidate here rotates with."""
+    from titan_rope_ext import RopeScaling, rope_frequencies
+
+    cfg = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=max(1, seq // 4))
+    with torch.device(device):
+        return rope_frequencies(cfg, head_dim, 500000.0, seq)
+
+
 def caches(seq: int, head_dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The complex (llama3) and [cos | sin] (qwen3) caches of the same YaRN frequencies."""
-    from titan_rope_ext import RopeScaling, rope_frequencies
     from titan_rope_ext.cache import complex_cache, cos_sin_cache
 
-    cfg = RopeScaling(rope_type="yarn", factor=4.0, original_max_position_embeddings=seq // 4)
+    inv_freq, factor = yarn_frequencies(seq, head_dim, device)
     with torch.device(device):
-        inv_freq, factor = rope_frequencies(cfg, head_dim, 500000.0, seq)
         return complex_cache(inv_freq, factor, seq), cos_sin_cache(inv_freq, factor, seq)
+
+
+def cacheless_candidates(q, positions=None) -> dict[str, dict]:
+    """The cacheless op (``rotate_cacheless``: cos and sin computed in registers from ``inv_freq``, no cache
+    read), both layouts, on the same YaRN frequencies as the cached rows."""
+    from titan_rope_ext.kernels.rotary import rotate_cacheless
+
+    inv_freq, factor = yarn_frequencies(q.shape[1], q.shape[-1], q.device)
+    inv_freq = inv_freq.float()
+    return {f"cacheless ({layout})": {
+        "fn": lambda a, b, pairs=pairs: rotate_cacheless(a, b, inv_freq, factor, positions, pairs, False),
+        "layout": layout,
+        "bwd": lambda a, b, pairs=pairs: rotate_cacheless(a, b, inv_freq, factor, positions, pairs, True)}
+        for layout, pairs in (("pairs", True), ("halves", False))}
 
 
 def candidates02(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
@@ -95,6 +119,7 @@ def candidates02(q, k, freqs_cis, rope_cache) -> dict[str, dict]:
                            "bwd": lambda a, b: rotate(a, b, half_cos, half_sin, None, False, True)},
     }
     out.update(liger_candidate(q, rope_cache))
+    out.update(cacheless_candidates(q))
     return out
 
 
@@ -174,6 +199,7 @@ def candidates03(q, k, positions) -> dict[str, dict]:
         out["helion (halves)"] = {"fn": lambda a, b: helion_halves(a, b, positions), "layout": "halves"}
     if positions is None:  # Liger takes no positions
         out.update(liger_candidate(q, qwen3.cache))
+    out.update(cacheless_candidates(q, positions))
     return out
 
 

@@ -24,6 +24,16 @@ Shapes:
 * ``conjugate``: rotate by ``-angle``. The backward is this: the transpose of a rotation scaled by
   ``a`` is the rotation by the opposite angle scaled by ``a``.
 
+Cacheless form, ``torch.ops.titan_rope.rotary_cacheless(q, k, inv_freq, attention_factor, positions,
+pairs, conjugate)`` (callers use ``rotate_cacheless``): no cache at all. ``inv_freq`` is float32
+``(head_dim // 2,)`` (what ``titan_rope_ext.scaling`` returns for every method) and the kernel computes,
+per token and band, the angle as the caches are built -- the float32 product ``p * inv_freq[i]`` of the
+position converted to float32 (exact below 2**24), one rounding -- then ``attention_factor *
+cos(angle)`` and ``attention_factor * sin(angle)`` with CUDA's precise ``cosf``/``sinf`` (libdevice,
+with full range reduction; not ``tl.cos``, which lowers to the ``cos.approx`` intrinsic), which is what
+torch's CUDA ``cos``/``sin``/``polar`` compute for a cache built on the GPU. It reads q, k, the
+positions and ``head_dim // 2`` floats, and writes q and k.
+
 Each output element is computed in float32 and rounded once to the input dtype (torchtitan's
 complex path also computes in float32; its cos/sin path rounds cos and sin to the input dtype first).
 Outputs are new contiguous tensors.
@@ -37,8 +47,10 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+from triton.language.extra import libdevice
 
 OP = "titan_rope::rotary"
+OP_CACHELESS = "titan_rope::rotary_cacheless"
 
 _TILE = 1024
 """Elements of q or k one program rotates per step (tokens x heads x head_dim)."""
@@ -88,9 +100,13 @@ def _rotate_tile(x_ptr, o_ptr, cos, sin, b, s, t, tmask, h_block, n_heads, sx_b,
 @triton.jit
 def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
                    n_tokens, seq_len, q_heads, k_heads,
-                   sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_p, sc_i, ss_p, ss_i, sp_b, sp_s,
+                   sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sc_p, sc_i, ss_p, ss_i, sp_b, sp_s, factor,
                    HAS_POS: tl.constexpr, PAIRS: tl.constexpr, CONJ: tl.constexpr, HALF: tl.constexpr,
-                   BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+                   BLOCK_HALF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                   CACHELESS: tl.constexpr, LIBDEVICE: tl.constexpr):
+    # CACHELESS: cos_ptr is inv_freq ((HALF,), stride sc_i), sin_ptr unused, factor the attention factor;
+    # LIBDEVICE: CUDA's precise cosf/sinf (False only in Triton's CPU interpreter, which has no libdevice
+    # and computes tl.cos / tl.sin with numpy's precise float32 functions)
     # grid: token blocks; a program loads its tokens' cache rows once and rotates all their q and
     # k heads, BLOCK_H at a time (0.086 ms against 0.087-0.089 for a program per head block at
     # llama3-8B heads, seq 8192, H200: docs/gpu_runs/kernel_dev_probes_h200.txt)
@@ -104,8 +120,20 @@ def _rotary_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, cos_ptr, sin_ptr, pos_ptr,
         p = s
     i = tl.arange(0, BLOCK_HALF)
     cmask = tmask[:, None] & (i < HALF)[None, :]
-    cos = tl.load(cos_ptr + p[:, None] * sc_p + i[None, :] * sc_i, mask=cmask, other=0.0, eviction_policy="evict_last")
-    sin = tl.load(sin_ptr + p[:, None] * ss_p + i[None, :] * ss_i, mask=cmask, other=0.0, eviction_policy="evict_last")
+    if CACHELESS:
+        inv_freq = tl.load(cos_ptr + i * sc_i, mask=i < HALF, other=0.0, eviction_policy="evict_last")
+        angle = p.to(tl.float32)[:, None] * inv_freq[None, :]  # one float32 rounding, as the caches' outer product
+        if LIBDEVICE:
+            cos = libdevice.cos(angle) * factor
+            sin = libdevice.sin(angle) * factor
+        else:
+            cos = tl.cos(angle) * factor
+            sin = tl.sin(angle) * factor
+    else:
+        cos = tl.load(cos_ptr + p[:, None] * sc_p + i[None, :] * sc_i, mask=cmask, other=0.0,
+                      eviction_policy="evict_last")
+        sin = tl.load(sin_ptr + p[:, None] * ss_p + i[None, :] * ss_i, mask=cmask, other=0.0,
+                      eviction_policy="evict_last")
     if CONJ:
         sin = -sin
     for hb in range(0, tl.cdiv(q_heads, BLOCK_H)):
@@ -130,6 +158,20 @@ def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
                          f"{tuple(cos.shape)} and {tuple(sin.shape)}")
     if positions is None and cos.shape[0] < q.shape[1]:
         raise ValueError(f"rotary: the cache has {cos.shape[0]} rows for {q.shape[1]} positions")
+    if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
+                                  or positions.shape[1] != q.shape[1]):
+        raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
+                         f"got {tuple(positions.shape)}")
+
+
+def _check_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, positions) -> None:
+    if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"rotary: q and k must be (batch, seq, heads, head_dim) alike, got {tuple(q.shape)} "
+                         f"and {tuple(k.shape)}")
+    half = q.shape[-1] // 2
+    if q.shape[-1] % 2 or inv_freq.dim() != 1 or inv_freq.shape[0] != half or inv_freq.dtype != torch.float32:
+        raise ValueError(f"rotary: inv_freq must be float32 (head_dim // 2 = {half},), got {inv_freq.dtype} "
+                         f"{tuple(inv_freq.shape)}")
     if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
                                   or positions.shape[1] != q.shape[1]):
         raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
@@ -165,6 +207,20 @@ def launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     an H200 host: docs/gpu_runs/kernel_dev_probes_h200.txt).
     """
     _check(q, k, cos, sin, positions)
+    return _launch(q, k, cos, sin, 1.0, positions, pairs, conjugate, traceable, cacheless=False)
+
+
+def launch_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float,
+                     positions: torch.Tensor | None, pairs: bool, conjugate: bool,
+                     traceable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``launch`` without a cache: the kernel computes cos and sin from ``inv_freq`` and the positions."""
+    _check_cacheless(q, k, inv_freq, positions)
+    return _launch(q, k, inv_freq[None], inv_freq[None], float(attention_factor), positions, pairs, conjugate,
+                   traceable, cacheless=True)
+
+
+def _launch(q, k, cos, sin, factor: float, positions, pairs: bool, conjugate: bool, traceable: bool,
+            cacheless: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k = _unit_last(q), _unit_last(k)
     batch, seq, q_heads, head_dim = q.shape
     k_heads = k.shape[2]
@@ -183,9 +239,10 @@ def launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     kernel[grid](
         q, k, qo, ko, cos, sin, pos, n_tokens, seq, q_heads, k_heads,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), sp_b, sp_s,
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), sp_b, sp_s, factor,
         HAS_POS=positions is not None, PAIRS=pairs, CONJ=conjugate, HALF=head_dim // 2,
-        BLOCK_HALF=block_half, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=_NUM_WARPS,
+        BLOCK_HALF=block_half, BLOCK_T=block_t, BLOCK_H=block_h, CACHELESS=cacheless,
+        LIBDEVICE=q.is_cuda, num_warps=_NUM_WARPS,
     )
     return qo, ko
 
@@ -290,3 +347,90 @@ def rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
             return _EagerRotary.apply(q, k, cos, sin, positions, pairs, conjugate)
         return launch(q, k, cos, sin, positions, pairs, conjugate, traceable=False)
     return rotary(q, k, cos, sin, positions, pairs, conjugate)
+
+
+# ----------------------------------------------------------------------------------------- no cache
+
+
+@triton_op(OP_CACHELESS, mutates_args=())
+def rotary_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float,
+                     positions: torch.Tensor | None, pairs: bool,
+                     conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if q.device.type != "cuda":
+        return rotary_cacheless_reference(q, k, inv_freq, attention_factor, positions, pairs, conjugate)
+    return launch_cacheless(q, k, inv_freq, attention_factor, positions, pairs, conjugate)
+
+
+def cacheless_tables(inv_freq: torch.Tensor, attention_factor: float, positions: torch.Tensor | None,
+                     seq: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(1 | batch, seq, head_dim // 2)``: what the cacheless kernel computes per token.
+
+    The angle is the float32 product ``p * inv_freq`` (the caches' ``torch.outer`` of float32 positions),
+    then ``attention_factor * cos`` / ``sin`` in ``dtype`` (float32; float64 for a float64 reference)."""
+    rows = torch.arange(seq, device=inv_freq.device)[None] if positions is None else positions
+    angle = rows.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    angle = angle.to(dtype)
+    return angle.cos() * attention_factor, angle.sin() * attention_factor
+
+
+def rotary_cacheless_reference(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float,
+                               positions: torch.Tensor | None, pairs: bool,
+                               conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cacheless op in plain torch (the implementation for tensors not on CUDA): the same rotation as
+    ``rotary_reference`` with cos and sin computed for the tokens' positions only, no table of all rows."""
+    _check_cacheless(q, k, inv_freq, positions)
+    math_dtype = torch.promote_types(q.dtype, torch.float32)
+    cos, sin = cacheless_tables(inv_freq, attention_factor, positions, q.shape[1], math_dtype)
+    # the tables are already per token: read them as a cache whose row of token (b, s) is b * seq + s
+    # ((1, seq) tables: row s for every batch row)
+    rows = torch.arange(cos.shape[0] * cos.shape[1], device=q.device).view(cos.shape[:2])
+    return rotary_reference(q, k, cos.flatten(0, 1), sin.flatten(0, 1), rows, pairs, conjugate)
+
+
+@rotary_cacheless.register_fake
+def _(q, k, inv_freq, attention_factor, positions, pairs, conjugate):
+    _check_cacheless(q, k, inv_freq, positions)
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+def _setup_context_cacheless(ctx, inputs, output) -> None:
+    _, _, inv_freq, attention_factor, positions, pairs, conjugate = inputs
+    ctx.save_for_backward(inv_freq, positions)
+    ctx.attention_factor, ctx.pairs, ctx.conjugate = attention_factor, pairs, conjugate
+    ctx.shapes = [(x.shape, x.dtype) for x in inputs[:2]]
+
+
+def _backward_cacheless(ctx, grad_q, grad_k):
+    inv_freq, positions = ctx.saved_tensors
+    grad_q, grad_k = (g if g is not None else torch.zeros(shape, dtype=dtype, device=inv_freq.device)
+                      for g, (shape, dtype) in zip((grad_q, grad_k), ctx.shapes))
+    dq, dk = rotate_cacheless(grad_q, grad_k, inv_freq, ctx.attention_factor, positions, ctx.pairs,
+                              not ctx.conjugate)
+    return dq, dk, None, None, None, None, None
+
+
+rotary_cacheless.register_autograd(_backward_cacheless, setup_context=_setup_context_cacheless)
+
+
+class _EagerRotaryCacheless(torch.autograd.Function):
+    """``_EagerRotary`` for the cacheless op: its autograd formula around a direct kernel launch."""
+
+    @staticmethod
+    def forward(ctx, q, k, inv_freq, attention_factor, positions, pairs, conjugate):
+        _setup_context_cacheless(ctx, (q, k, inv_freq, attention_factor, positions, pairs, conjugate), None)
+        return launch_cacheless(q, k, inv_freq, attention_factor, positions, pairs, conjugate, traceable=False)
+
+    backward = staticmethod(_backward_cacheless)
+
+
+def rotate_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, attention_factor: float = 1.0,
+                     positions: torch.Tensor | None = None, pairs: bool = True,
+                     conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.ops.titan_rope.rotary_cacheless``: q and k rotated from ``inv_freq`` (float32 ``(head_dim // 2,)``),
+    the attention factor and the positions, no cache; routed as ``rotate`` routes (a direct launch for
+    eager calls on plain CUDA tensors, the op everywhere else)."""
+    if _direct_path(q, k):
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            return _EagerRotaryCacheless.apply(q, k, inv_freq, attention_factor, positions, pairs, conjugate)
+        return launch_cacheless(q, k, inv_freq, attention_factor, positions, pairs, conjugate, traceable=False)
+    return rotary_cacheless(q, k, inv_freq, attention_factor, positions, pairs, conjugate)
