@@ -21,7 +21,7 @@ from titan_rope_ext.scaling import method_keys, ROPE_FUNCTIONS
 
 RopeType = Literal["default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"]
 _Arithmetic = Literal["transformers", "deepseek", "torchtitan"]
-_Apply = Literal["torchtitan", "fused"]
+_Apply = Literal["torchtitan", "fused", "fused_cacheless"]
 
 # keys that are not arguments of the rope function
 _NON_METHOD_KEYS = frozenset({"rope_type", "theta", "hf_config", "from_hf_assets", "apply"})
@@ -105,7 +105,9 @@ class RopeScaling:
     apply: _Apply = "torchtitan"
     """How the attention modules rotate q and k (any rope_type): "torchtitan", the model's own
     ``apply_rotary_emb``; "fused", one Triton kernel for q and k, forward and backward, on CUDA
-    tensors (torchtitan's code on other devices). See titan_rope_ext/kernels/rotary.py."""
+    tensors (torchtitan's code on other devices); "fused_cacheless" (torchtitan 0.3 only, for now), the
+    same kernel computing cos and sin from the frequencies and positions, so no rotary cache is
+    allocated (a torch implementation off CUDA). See titan_rope_ext/kernels/rotary.py."""
 
     def __post_init__(self) -> None:
         if self.hf_config is not None and self.from_hf_assets:

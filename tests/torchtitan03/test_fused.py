@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.oplog import OpLog
 from torchtitan.models.common.rope import RoPE
 
+from tests.oplog import OpLog
 from tests.torchtitan03.helpers import build, with_sdpa
 from titan_rope_ext import RopeScaling
 from titan_rope_ext.torchtitan03 import fused

@@ -33,6 +33,9 @@ def check_job(job_config) -> tuple[Adapter, RopeScaling]:
             f'set [job] custom_config_module = "titan_rope_ext.job_config"'
         )
     config = config.resolve_hf_assets(job_config.model.hf_assets_path)
+    if config.apply == "fused_cacheless":
+        raise ValueError("rope_scaling.apply = 'fused_cacheless' is not available on torchtitan 0.2 yet (torchtitan "
+                         "0.3 has it); use 'fused' (the same kernel reading the model's one rotary cache)")
     spec = get_train_spec(job_config.model.name)
     adapter = adapter_for(spec.model_cls, job_config.model.name)
     model_args = spec.model_args.get(job_config.model.flavor)

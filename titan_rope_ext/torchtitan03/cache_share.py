@@ -94,7 +94,7 @@ class SharedCache:
             # one pass per cache key: the previous pass's tensor (another device) is no longer held here
             self._passes = {k: v for k, v in self._passes.items() if k[0] != key[0]}
             self._passes[key] = current
-            if tensor.device.type != "meta":
+            if tensor.device.type != "meta" and tensor.numel():  # (fused_cacheless: no rows, nothing to say)
                 from torchtitan.tools.logging import logger
 
                 logger.info(f"rope_scaling: RoPE cache built once for this model on {tensor.device}: "
@@ -208,6 +208,9 @@ def rope_cache_report(*models) -> dict:
 
 def report_line(report: dict) -> str:
     """``28 RoPE layers share 1 cache storage(s): float32 [131072, 256] on cuda:0, 134217728 bytes (...)``."""
+    if report["rope_modules"] and not report["bytes"]:
+        return (f"{report['rope_modules']} RoPE layers hold no cache rows (apply = fused_cacheless: cos and sin are "
+                "computed from inv_freq in the kernel)")
     dtensor = f" (DTensor {report['dtensor_placements']})" if report["dtensor_placements"] else ""
     return (f"{report['rope_modules']} RoPE layers share {report['unique_storages']} cache storage(s): "
             f"{report['dtype']} {report['shape']} on {report['device']}{dtensor}, {report['bytes']} bytes "

@@ -113,7 +113,10 @@ def fused_forward(module, query: torch.Tensor, key: torch.Tensor,
 
     ``pairs``: the module's layout (``ComplexRoPE``: adjacent pairs; ``CosSinRoPE``: rotate-half).
     """
-    if module.config.rope_scaling.apply != "fused" or query.device.type not in FUSED_DEVICES:
+    apply = module.config.rope_scaling.apply
+    if apply == "fused_cacheless":
+        return cacheless_forward(module, query, key, positions, pairs)
+    if apply != "fused" or query.device.type not in FUSED_DEVICES:
         return None
     local = _locals(query, key, module.cache, positions)
     if local is None:
@@ -124,11 +127,37 @@ def fused_forward(module, query: torch.Tensor, key: torch.Tensor,
     if pos is not None:
         _maybe_check_max_pos(pos, max_valid_pos=cache.shape[0] - 1)
     cos, sin = cache_views(cache, q.shape[-1], pairs)
+    return _rotated(lambda: rotate(q, k, cos, sin, pos, pairs, False), q, k, query, key)
+
+
+def cacheless_forward(module, query: torch.Tensor, key: torch.Tensor,
+                      positions: torch.Tensor | None, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``apply = "fused_cacheless"``: q and k rotated from ``module.inv_freq``, ``module.cacheless_factor`` and the
+    positions by ``rotate_cacheless`` (the kernel on CUDA, the op's torch implementation on other devices).
+    There is no cache for stock's ``forward`` to fall back on, so DTensor placements a local rotation cannot
+    serve are an error naming them (``apply = "fused"`` serves them through stock's forward)."""
+    from titan_rope_ext.kernels.rotary import rotate_cacheless
+
+    local = _locals(query, key, module.inv_freq, positions)
+    if local is None:
+        placements = [getattr(t, "placements", None) for t in (query, key, positions)]
+        raise ValueError(f"rope_scaling.apply = 'fused_cacheless' cannot rotate these q, k and positions shard by "
+                         f"shard (placements {placements}); use apply = 'fused'")
+    q, k, inv_freq, pos = local
+    if pos is not None:
+        _maybe_check_max_pos(pos, max_valid_pos=module.config.max_seq_len - 1)
+    factor = module.cacheless_factor
+    return _rotated(lambda: rotate_cacheless(q, k, inv_freq, factor, pos, pairs, False), q, k, query, key)
+
+
+def _rotated(run, q, k, query, key) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run()``'s rotated local q and k, with their inputs' SPMD types when type checking, wrapped as
+    ``query`` and ``key`` are."""
     if spmd.is_type_checking():
         with spmd.no_typecheck():
-            q_out, k_out = rotate(q, k, cos, sin, pos, pairs, False)
+            q_out, k_out = run()
         spmd.assert_type_like(q_out, q)
         spmd.assert_type_like(k_out, k)
     else:
-        q_out, k_out = rotate(q, k, cos, sin, pos, pairs, False)
+        q_out, k_out = run()
     return _wrap_like(q_out, query), _wrap_like(k_out, key)

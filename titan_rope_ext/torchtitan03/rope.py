@@ -9,7 +9,10 @@ dim, theta, max_seq_len)``, so its rows, shape, dtype, positions handling and ``
 stay stock's, and the cache never reaches a checkpoint.
 
 With ``rope_scaling.apply = "fused"``, ``forward`` rotates q and k on CUDA with the fused Triton op,
-reading this cache in place (``fused.py``); elsewhere it is stock's ``forward``.
+reading this cache in place (``fused.py``); elsewhere it is stock's ``forward``. With ``"fused_cacheless"``
+the ``cache`` buffer is empty (zero rows): the module holds ``inv_freq`` (``dim // 2`` floats,
+non-persistent) and ``cacheless_factor``, and ``forward`` always rotates through the cacheless op (the
+kernel on CUDA, its torch implementation elsewhere).
 
 Attention factor: the cache's magnitude (complex) or a factor on cos and sin, as transformers
 scales cos and sin; q and k each carry it once, so the logits carry its square, exactly once. Where
@@ -36,6 +39,7 @@ stock.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -74,7 +78,14 @@ def _build(config, stock_config: type, **kwargs):
     """``config.build()``: stock's, plus this model's ``SharedCache`` for the module (``cache_sharing`` set)."""
     if config.cache_sharing is not None and "cache_owner" not in kwargs:
         kwargs["cache_owner"] = config.cache_sharing.owner_for(config)
-    return stock_config.build(config, **kwargs)  # slots dataclasses have no zero-argument super()
+    module = stock_config.build(config, **kwargs)  # slots dataclasses have no zero-argument super()
+    sharding = module._sharding_config  # set by build() from the config, where the model's sharding put it
+    if module.cacheless and sharding is not None and "inv_freq" not in sharding.state_shardings:
+        cache_layout = sharding.state_shardings.get("cache")
+        if cache_layout is not None:  # inv_freq is placed as the cache it replaces (replicated on every axis)
+            module._sharding_config = dataclasses.replace(
+                sharding, state_shardings={**sharding.state_shardings, "inv_freq": cache_layout})
+    return module
 
 
 class _OneCachePerModel:
@@ -90,6 +101,26 @@ class _OneCachePerModel:
     def __init__(self, config, *, cache_owner: SharedCache | None = None):
         self._cache_owner = cache_owner  # before RoPE.__init__ registers the buffer from _precompute_cache
         super().__init__(config)
+        if self.cacheless:
+            # the kernel's inputs instead of a cache: inv_freq (dim // 2 floats, non-persistent like the
+            # cache) and the factor the cache would carry (a config scalar, computed on meta)
+            with torch.device("meta"):
+                self.cacheless_factor = float(cache_frequencies(config)[1])
+            self.register_buffer("inv_freq", self._build_inv_freq(), persistent=False)
+
+    @property
+    def cacheless(self) -> bool:
+        """``rope_scaling.apply = "fused_cacheless"``: ``cache`` is empty, q and k are rotated from ``inv_freq``."""
+        return self.config.rope_scaling.apply == "fused_cacheless"
+
+    def _build_inv_freq(self) -> torch.Tensor:
+        return cache_frequencies(self.config)[0].to(torch.float32)
+
+    def _init_self_buffers(self, *, buffer_device: torch.device | None = None) -> None:
+        super()._init_self_buffers(buffer_device=buffer_device)
+        if self.cacheless:
+            with torch.device(buffer_device if buffer_device is not None else self.inv_freq.device):
+                self.inv_freq = self._build_inv_freq()
 
     def cache_key(self) -> tuple:
         """What decides the cache's values: modules with equal keys may hold one tensor."""
@@ -145,6 +176,8 @@ class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
             return _build(self, ComplexRoPE.Config, **kwargs)
 
     def _build_cache(self) -> torch.Tensor:
+        if self.cacheless:  # no rows: the kernel computes them (stock's shape and dtype, zero positions)
+            return torch.empty(0, self.config.dim // 2, dtype=torch.complex64)
         inv_freq, attention_factor = cache_frequencies(self.config)
         return complex_cache(inv_freq, attention_factor, self.config.max_seq_len)
 
@@ -176,5 +209,7 @@ class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
             return _build(self, CosSinRoPE.Config, **kwargs)
 
     def _build_cache(self) -> torch.Tensor:
+        if self.cacheless:  # no rows: the kernel computes them (stock's shape and dtype, zero positions)
+            return torch.empty(0, 2 * self.config.dim, dtype=torch.float32)
         inv_freq, attention_factor = cache_frequencies(self.config)
         return cos_sin_cache(inv_freq, attention_factor, self.config.max_seq_len)

@@ -14,8 +14,8 @@ import inspect
 
 import pytest
 import torch
-from tests.oplog import OpLog
 
+from tests.oplog import OpLog
 from titan_rope_ext import RopeScaling
 from titan_rope_ext.torchtitan02.models import _fused
 from titan_rope_ext.torchtitan02.models import adapter_for
@@ -185,7 +185,7 @@ def test_dtensors_sharded_over_heads_rotate_locally_others_fall_back(fused_on_cp
 
 
 def test_apply_is_validated_and_described():
-    with pytest.raises(ValueError, match=r"rope_scaling.apply must be 'torchtitan' or 'fused', got 'triton'"):
+    with pytest.raises(ValueError, match=r"rope_scaling.apply must be 'torchtitan' or 'fused' or 'fused_cacheless', got 'triton'"):
         RopeScaling(apply="triton")
     assert RopeScaling(**YARN, apply="fused").describe().endswith("apply=fused")
     assert "apply" not in RopeScaling(**YARN).describe()

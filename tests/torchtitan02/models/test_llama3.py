@@ -141,6 +141,11 @@ def test_check_job_and_converter():
         check_job(job)
     with pytest.raises(ValueError, match="no \\[rope_scaling\\] section"):
         check_job(SimpleNamespace(model=job.model))
+    # the cacheless apply is torchtitan 0.3's only, for now: refused before anything is built
+    job.model.name, job.model.flavor = "llama3", "debugmodel"
+    job.rope_scaling = RopeScaling(rope_type="linear", factor=2.0, apply="fused_cacheless")
+    with pytest.raises(ValueError, match="rope_scaling.apply = 'fused_cacheless' is not available on torchtitan 0.2"):
+        check_job(job)
 
 
 def test_adapter_is_chosen_by_model_class():
