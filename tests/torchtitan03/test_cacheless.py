@@ -128,3 +128,14 @@ def test_dtensor_q_and_k_rotate_locally_or_are_refused():
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def test_the_converters_log_line_says_there_is_no_cache():
+    from titan_rope_ext.torchtitan03.models import summary
+    from titan_rope_ext.torchtitan03.models.llama3 import ADAPTER
+
+    attention = converted("llama3", "fused_cacheless").layers[0].attention
+    line = summary(ADAPTER, attention)
+    assert "apply=fused_cacheless" in line and "no cache: the kernel computes the cache's cos and sin" in line
+    cached = converted("llama3", "fused").layers[0].attention
+    assert "no cache" not in summary(ADAPTER, cached)

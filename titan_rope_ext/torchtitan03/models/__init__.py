@@ -207,6 +207,8 @@ def summary(adapter: Adapter, attention_config) -> str:
             f"theta={section.effective_theta(rope_config.theta)} seq_len={rope_config.max_seq_len} "
             f"attention_factor={attention_factor(rope_config):.6g} ({adapter.factor_site})")
     text += adapter.softmax_note(attention_config)
+    if section.apply == "fused_cacheless":
+        text += "; no cache: the kernel computes the cache's cos and sin per token (they carry the same factor)"
     if section.hf_overrides:
         text += f"; keys set here override {section.hf_config}: " + ", ".join(section.hf_overrides)
     return text
