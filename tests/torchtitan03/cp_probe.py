@@ -1,6 +1,6 @@
 """Context parallelism on 2 CPU ranks, forward only: each rank's RoPE cache is one full-length storage, read at the
-rank's shard of positions. Run by ``test_training.py`` under ``torchrun --nproc-per-node 2``; prints one JSON line
-per rank.
+rank's shard of positions. Run by ``test_training.py`` under ``torchrun --nproc-per-node 2``; each rank writes its
+JSON report to ``$CP_PROBE_OUT/rank<N>.json`` (one file per rank: two ranks printing to one pipe can interleave).
 
 0.3's CP cannot train on CPU (FlexAttention has no CPU backward; SDPA + CP is refused or has no CPU sharding rule),
 so this runs the pieces a CP step uses: ``apply_cp_to_forward`` on the inner attentions of the meta model (as
@@ -12,6 +12,8 @@ un-sharded model's.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -49,11 +51,12 @@ def main() -> None:
         out = model(shard, positions=extra["positions"], attention_masks=extra["attention_masks"])
     out = out.to_local() if hasattr(out, "to_local") else out
     report = rope_cache_report(model)
-    print("CP_PROBE " + json.dumps({
+    result = {
         "rank": dist.get_rank(), "rope_modules": report["rope_modules"], "unique_storages": report["unique_storages"],
         "cache_rows": report["shape"][0], "rows": rows[0].tolist(),
         "positions_are_the_rows": bool(torch.equal(extra["positions"], positions[:, rows[0]])),
-        "max_abs_diff": (out - expected[:, rows[0]]).abs().max().item()}), flush=True)
+        "max_abs_diff": (out - expected[:, rows[0]]).abs().max().item()}
+    (Path(os.environ["CP_PROBE_OUT"]) / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 

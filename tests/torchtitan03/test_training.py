@@ -157,16 +157,16 @@ def test_two_ranks_hold_one_rope_cache_each(parallelism, tmp_path):
     assert sorted(run.losses) == [1, 2] and all(v == v for v in run.losses.values())
 
 
-def test_two_ranks_context_parallel_read_one_full_cache_each():
+def test_two_ranks_context_parallel_read_one_full_cache_each(tmp_path):
     # CP cannot train on CPU (cp_probe.py says why); forward only through 0.3's CP pieces: each rank holds one
     # full-length cache (CP shards inputs and positions, never the cache) and its output rows are the model's
     import json
 
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "tests.torchtitan03.cp_probe"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "-m", "tests.torchtitan03.cp_probe"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, CP_PROBE_OUT=str(tmp_path)))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    ranks = {r["rank"]: r for r in (json.loads(line.split("CP_PROBE ", 1)[1])
-                                    for line in proc.stdout.splitlines() if "CP_PROBE " in line)}
+    ranks = {r["rank"]: r for r in (json.loads(f.read_text()) for f in sorted(tmp_path.glob("rank*.json")))}
     assert sorted(ranks) == [0, 1]
     # head-tail balancing: 4 chunks of 64 rows, rank 0 the first and last, rank 1 the middle two
     assert ranks[0]["rows"] == [*range(0, 64), *range(192, 256)] and ranks[1]["rows"] == list(range(64, 192))
