@@ -26,7 +26,7 @@ from tests.torchtitan03.helpers import build, with_sdpa
 from titan_rope_ext import RopeScaling
 from titan_rope_ext.torchtitan03 import fused
 from titan_rope_ext.torchtitan03.models import scale_model
-from titan_rope_ext.torchtitan03.rope import ScaledComplexRoPE, ScaledCosSinRoPE
+from titan_rope_ext.torchtitan03.rope import _OneCachePerModel, ScaledComplexRoPE, ScaledCosSinRoPE
 
 YARN = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32)
 ROWS = 64  # cache rows (max_seq_len)
@@ -86,8 +86,8 @@ def stock_forward(rope, query, key, positions):
 
 def test_the_fused_forward_is_in_both_of_our_rope_modules():
     assert rope_module("llama3").__class__ is ScaledComplexRoPE and rope_module("qwen3").__class__ is ScaledCosSinRoPE
-    for cls in (ScaledComplexRoPE, ScaledCosSinRoPE):
-        assert "forward" in vars(cls) and "apply_rotary_emb" not in vars(cls)
+    for cls in (ScaledComplexRoPE, ScaledCosSinRoPE):  # one forward for both layouts, stock's apply_rotary_emb
+        assert cls.forward is _OneCachePerModel.forward and "apply_rotary_emb" not in vars(cls)
 
 
 @pytest.mark.parametrize("positions", list(POSITIONS))

@@ -133,6 +133,21 @@ class _OneCachePerModel:
             return self._build_cache()
         return self._cache_owner.cache(self, self._build_cache)
 
+    _pairs: bool
+    """The layout: adjacent pairs (``ComplexRoPE``) or rotate-half (``CosSinRoPE``)."""
+    _layout = None
+    """``titan_rope_ext.cache``'s function for this layout: ``(inv_freq, factor, rows) -> cache``."""
+
+    def forward(self, query, key, positions=None):
+        # rope_scaling.apply = "fused" / "fused_cacheless": the Triton op (fused.py); otherwise stock's
+        rotated = fused_forward(self, query, key, positions, pairs=self._pairs)
+        return rotated if rotated is not None else super().forward(query, key, positions)
+
+    def _build_cache(self) -> torch.Tensor:
+        """The formula's cache: ``max_seq_len`` rows, or none (stock's width and dtype) for the cacheless apply."""
+        inv_freq, attention_factor = cache_frequencies(self.config)
+        return self._layout(inv_freq, attention_factor, 0 if self.cacheless else self.config.max_seq_len)
+
     def _apply(self, fn, recurse=True):
         cache = self._buffers.get("cache")
         if self._cache_owner is None or cache is None:
@@ -152,10 +167,8 @@ class _OneCachePerModel:
 class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
     """``ComplexRoPE`` (complex64 ``(max_seq_len, dim // 2)``, adjacent pairs) with the cache from ``rope_scaling``."""
 
-    def forward(self, query, key, positions=None):
-        # rope_scaling.apply = "fused": q and k in one Triton launch on CUDA (fused.py); otherwise stock's
-        rotated = fused_forward(self, query, key, positions, pairs=True)
-        return rotated if rotated is not None else super().forward(query, key, positions)
+    _pairs = True
+    _layout = staticmethod(complex_cache)
 
     @dataclass(kw_only=True, slots=True)
     class Config(ComplexRoPE.Config):
@@ -175,20 +188,12 @@ class ScaledComplexRoPE(_OneCachePerModel, ComplexRoPE):
         def build(self, **kwargs):
             return _build(self, ComplexRoPE.Config, **kwargs)
 
-    def _build_cache(self) -> torch.Tensor:
-        if self.cacheless:  # no rows: the kernel computes them (stock's shape and dtype, zero positions)
-            return torch.empty(0, self.config.dim // 2, dtype=torch.complex64)
-        inv_freq, attention_factor = cache_frequencies(self.config)
-        return complex_cache(inv_freq, attention_factor, self.config.max_seq_len)
-
 
 class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
     """``CosSinRoPE`` (float32 ``(max_seq_len, 2 * dim)`` = ``[cos | sin]``, rotate-half) with the cache from ``rope_scaling``."""
 
-    def forward(self, query, key, positions=None):
-        # rope_scaling.apply = "fused": q and k in one Triton launch on CUDA (fused.py); otherwise stock's
-        rotated = fused_forward(self, query, key, positions, pairs=False)
-        return rotated if rotated is not None else super().forward(query, key, positions)
+    _pairs = False
+    _layout = staticmethod(cos_sin_cache)
 
     @dataclass(kw_only=True, slots=True)
     class Config(CosSinRoPE.Config):
@@ -207,9 +212,3 @@ class ScaledCosSinRoPE(_OneCachePerModel, CosSinRoPE):
 
         def build(self, **kwargs):
             return _build(self, CosSinRoPE.Config, **kwargs)
-
-    def _build_cache(self) -> torch.Tensor:
-        if self.cacheless:  # no rows: the kernel computes them (stock's shape and dtype, zero positions)
-            return torch.empty(0, 2 * self.config.dim, dtype=torch.float32)
-        inv_freq, attention_factor = cache_frequencies(self.config)
-        return cos_sin_cache(inv_freq, attention_factor, self.config.max_seq_len)
