@@ -148,34 +148,33 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions) -> None:
+def _check_qk(q: torch.Tensor, k: torch.Tensor, positions) -> None:
+    """What both ops require of q, k and the positions."""
     if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"rotary: q and k must be (batch, seq, heads, head_dim) alike, got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
+    if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
+                                  or positions.shape[1] != q.shape[1]):
+        raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
+                         f"got {tuple(positions.shape)}")
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions) -> None:
+    _check_qk(q, k, positions)
     half = q.shape[-1] // 2
     if q.shape[-1] % 2 or cos.shape != sin.shape or cos.dim() != 2 or cos.shape[1] != half:
         raise ValueError(f"rotary: cos and sin must be (rows, head_dim // 2 = {half}), got "
                          f"{tuple(cos.shape)} and {tuple(sin.shape)}")
     if positions is None and cos.shape[0] < q.shape[1]:
         raise ValueError(f"rotary: the cache has {cos.shape[0]} rows for {q.shape[1]} positions")
-    if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
-                                  or positions.shape[1] != q.shape[1]):
-        raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
-                         f"got {tuple(positions.shape)}")
 
 
 def _check_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, positions) -> None:
-    if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"rotary: q and k must be (batch, seq, heads, head_dim) alike, got {tuple(q.shape)} "
-                         f"and {tuple(k.shape)}")
+    _check_qk(q, k, positions)
     half = q.shape[-1] // 2
     if q.shape[-1] % 2 or inv_freq.dim() != 1 or inv_freq.shape[0] != half or inv_freq.dtype != torch.float32:
         raise ValueError(f"rotary: inv_freq must be float32 (head_dim // 2 = {half},), got {inv_freq.dtype} "
                          f"{tuple(inv_freq.shape)}")
-    if positions is not None and (positions.dim() != 2 or positions.shape[0] not in (1, q.shape[0])
-                                  or positions.shape[1] != q.shape[1]):
-        raise ValueError(f"rotary: positions must be (1 or batch, seq) = (1 or {q.shape[0]}, {q.shape[1]}), "
-                         f"got {tuple(positions.shape)}")
 
 
 def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
@@ -263,12 +262,18 @@ def rotary_reference(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
     _check(q, k, cos, sin, positions)
     math_dtype = torch.promote_types(q.dtype, torch.float32)
     rows = torch.arange(q.shape[1], device=q.device)[None] if positions is None else positions
-    c, s = (t.to(math_dtype)[rows][:, :, None, :] for t in (cos, sin))  # (1|batch, seq, 1, half)
-    if conjugate:
-        s = -s
+    c, s = (t.to(math_dtype)[rows] for t in (cos, sin))  # (1|batch, seq, half)
+    return _rotate_by(q, k, c, s, pairs, conjugate)
+
+
+def _rotate_by(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairs: bool,
+               conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k rotated by per-token ``cos``/``sin`` ``(1|batch, seq, half)`` in their dtype (the math dtype),
+    each output rounded once to its input's dtype: both references' rotation."""
+    c, s = cos[:, :, None, :], (-sin if conjugate else sin)[:, :, None, :]
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(math_dtype)
+        xf = x.to(c.dtype)
         x0, x1 = (xf[..., 0::2], xf[..., 1::2]) if pairs else xf.chunk(2, dim=-1)
         y0, y1 = x0 * c - x1 * s, x1 * c + x0 * s
         y = torch.stack([y0, y1], dim=-1).flatten(-2) if pairs else torch.cat([y0, y1], dim=-1)
@@ -381,10 +386,7 @@ def rotary_cacheless_reference(q: torch.Tensor, k: torch.Tensor, inv_freq: torch
     _check_cacheless(q, k, inv_freq, positions)
     math_dtype = torch.promote_types(q.dtype, torch.float32)
     cos, sin = cacheless_tables(inv_freq, attention_factor, positions, q.shape[1], math_dtype)
-    # the tables are already per token: read them as a cache whose row of token (b, s) is b * seq + s
-    # ((1, seq) tables: row s for every batch row)
-    rows = torch.arange(cos.shape[0] * cos.shape[1], device=q.device).view(cos.shape[:2])
-    return rotary_reference(q, k, cos.flatten(0, 1), sin.flatten(0, 1), rows, pairs, conjugate)
+    return _rotate_by(q, k, cos, sin, pairs, conjugate)
 
 
 @rotary_cacheless.register_fake
