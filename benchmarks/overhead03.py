@@ -17,7 +17,9 @@ rebuilds each RoPE cache on the device). Stock keeps the flavor's RoPE (``Comple
 YaRN x4 over ``--seq // 4`` positions, then loads the stock copy's weights. ``--apply fused`` converts
 with ``apply = "fused"`` (q and k rotated by the Triton op inside our RoPE modules' ``forward``); the
 report counts the kernel's launches in one eager forward of each copy (one per layer where the fused
-path runs; 0 on CPU, where our modules take stock's ``forward``).
+path runs; 0 on CPU, where our modules take stock's ``forward``). ``--apply fused_cacheless``: the cacheless
+kernel (no cache rows; cos and sin from ``inv_freq`` in registers), counted the same way (on CPU the op's
+torch implementation runs, no launch).
 
 A training step is forward (positions ``0..seq-1`` and the causal block mask that the Trainer builds
 from them, made once outside the timing), cross-entropy on the full logits, backward and a fused AdamW
@@ -138,13 +140,15 @@ def rotary_launches(model, batch: dict) -> int:
     fused path's eager entry launches the kernel itself, once per layer (q and k together)."""
     from titan_rope_ext.kernels import rotary
 
-    launch, calls = rotary.launch, []
-    rotary.launch = lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
+    launches, calls = {name: getattr(rotary, name) for name in ("launch", "launch_cacheless")}, []
+    for name, launch in launches.items():
+        setattr(rotary, name, lambda *args, launch=launch, **kwargs: calls.append(1) or launch(*args, **kwargs))
     try:
         with torch.no_grad(), torch.autocast(batch["tokens"].device.type, dtype=torch.bfloat16):
             model(batch["tokens"], positions=batch["positions"], attention_masks=batch["masks"])
     finally:
-        rotary.launch = launch
+        for name, launch in launches.items():
+            setattr(rotary, name, launch)
     return len(calls)
 
 
@@ -252,7 +256,7 @@ def parse(argv=None):
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (apply_compile's)")
     for flag in ("dim", "heads", "kv-heads", "ffn", "vocab"):
         parser.add_argument(f"--{flag}", type=int, default=None, help="toy shape (default: the 8B flavor's)")
-    parser.add_argument("--apply", default="torchtitan", choices=["torchtitan", "fused"],
+    parser.add_argument("--apply", default="torchtitan", choices=["torchtitan", "fused", "fused_cacheless"],
                         help="the converted copy's rope_scaling.apply")
     parser.add_argument("--out", default=None)
     opts = parser.parse_args(argv)
@@ -313,7 +317,9 @@ def main(argv=None) -> int:
     report["params_per_model"] = sum(p.numel() for p in stock.parameters())
     report["rope_cache"] = {"stock": rope_cache_bytes(stock), "converted": rope_cache_bytes(converted)}
     first = [model.layers["0"].attention.rope.cache for model in (stock, converted)]
-    report["layer0_cache_max_abs_diff"] = (first[0] - first[1]).abs().max().item()  # > 0: the swap took
+    # > 0: the swap took (the cacheless copy has no cache rows to compare)
+    report["layer0_cache_max_abs_diff"] = ((first[0] - first[1]).abs().max().item()
+                                           if first[0].shape == first[1].shape else None)
     log(f"built both copies ({report['params_per_model'] / 1e9:.3f}B parameters each); "
         f"rope caches {report['rope_cache']}")
 

@@ -3,6 +3,7 @@
 Usage (one GPU; torchtitan 0.2.2 or 0.3.0 importable; liger-kernel and helion optional)::
 
     python benchmarks/rope_apply.py [--seqs 8192,32768] [--batch 2] [--out FILE.json] [--sweep]
+                                    [--cacheless-config best]
 
 For q ``(batch, seq, 32, 128)`` and k ``(batch, seq, 8, 128)`` in bf16 (llama3-8B heads) and each
 ``--seqs``, times with ``triton.testing.do_bench`` (L2 flushed between runs, median):
@@ -43,6 +44,10 @@ copy's two timings (at 1.3 GB the graphed copy was the slower one), for both col
 the launch cost a host-bound step pays; ``+bwd`` the same for forward and backward through
 ``torch.autograd.grad`` (q and k need gradients). ``--sweep`` first times the fused forward at the
 first shape for several tile sizes and warp counts (the kernel's ``_TILE`` / ``_NUM_WARPS``).
+``--cacheless-config best`` first times the cacheless forward (CUDA graph) at every ``--seqs`` for each
+tile and warp count (``_TILE_CACHELESS`` / ``_NUM_WARPS_CACHELESS``), both layouts, and times the
+cacheless rows with the pair of least total time relative to each shape's fastest; the report records
+the sweep and the pair used (``cacheless_tile_warps``).
 """
 
 from __future__ import annotations
@@ -303,6 +308,7 @@ def graphed_ms(fn) -> float:
 
 
 def sweep(batch: int, seq: int) -> list[dict]:
+    """The cached kernel's forward at ``seq`` for several ``_TILE`` / ``_NUM_WARPS``, both layouts."""
     from titan_rope_ext.kernels import rotary as kernel
     from titan_rope_ext.cache import cache_views
 
@@ -325,6 +331,47 @@ def sweep(batch: int, seq: int) -> list[dict]:
     finally:
         kernel._TILE, kernel._NUM_WARPS = shipped
     return rows
+
+
+CACHELESS_TILES = (1024, 2048, 4096, 8192)
+CACHELESS_WARPS = (4, 8)
+
+
+def sweep_cacheless(batch: int, seqs: list[int]) -> dict:
+    """The cacheless kernel's forward GPU time (CUDA graph) for each ``_TILE_CACHELESS`` x
+    ``_NUM_WARPS_CACHELESS``, both layouts, at every length; ``best``: the pair with the least total time."""
+    from titan_rope_ext.kernels import rotary as kernel
+
+    shipped = kernel._TILE_CACHELESS, kernel._NUM_WARPS_CACHELESS
+    rows = []
+    try:
+        for seq in seqs:
+            inv_freq, factor = yarn_frequencies(seq, 128, "cuda")
+            inv_freq = inv_freq.float()
+            q = torch.randn(batch, seq, 32, 128, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(batch, seq, 8, 128, device="cuda", dtype=torch.bfloat16)
+            for tile in CACHELESS_TILES:
+                for warps in CACHELESS_WARPS:
+                    kernel._TILE_CACHELESS, kernel._NUM_WARPS_CACHELESS = tile, warps
+                    for pairs in (True, False):
+                        run = lambda: kernel.launch_cacheless(q, k, inv_freq, factor, None, pairs, False,  # noqa: E731
+                                                              traceable=False)
+                        graphed = graphed_ms(run)
+                        rows.append({"seq": seq, "tile": tile, "warps": warps, "pairs": pairs, "graphed_ms": graphed})
+                        print(f"sweep cacheless seq {seq:6} tile {tile:5} warps {warps} pairs {pairs!s:5} "
+                              f"{graphed:.4f} ms in a CUDA graph", flush=True)
+            del q, k
+            torch.cuda.empty_cache()
+    finally:
+        kernel._TILE_CACHELESS, kernel._NUM_WARPS_CACHELESS = shipped
+    totals = {}
+    for row in rows:
+        key = (row["tile"], row["warps"])
+        totals[key] = totals.get(key, 0.0) + row["graphed_ms"] / min(
+            r["graphed_ms"] for r in rows if (r["seq"], r["pairs"]) == (row["seq"], row["pairs"]))
+    best = min(totals, key=totals.get)
+    return {"rows": rows, "shipped": list(shipped), "best": list(best),
+            "relative_total": {f"{t}/{w}": round(v, 4) for (t, w), v in sorted(totals.items())}}
 
 
 def table(result: dict) -> str:
@@ -356,6 +403,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--cacheless-config", default="shipped", choices=["shipped", "best"],
+                        help="best: sweep the cacheless kernel's tile and warps first (every --seqs, both "
+                             "layouts) and time the cacheless rows with the best pair (recorded in the report)")
     parser.add_argument("--positions", default="batch", choices=["batch", "none"],
                         help="torchtitan 0.3: positions passed to the RoPE modules (default: per-document, "
                              "as 0.3's dataloader gives them); 0.2's rows take none")
@@ -378,6 +428,16 @@ def main(argv=None) -> int:
     seqs = [int(s) for s in opts.seqs.split(",")]
     if opts.sweep:
         report["sweep"] = sweep(opts.batch, seqs[0])
+    if opts.cacheless_config == "best":
+        from titan_rope_ext.kernels import rotary as kernel
+
+        report["sweep_cacheless"] = found = sweep_cacheless(opts.batch, seqs)
+        kernel._TILE_CACHELESS, kernel._NUM_WARPS_CACHELESS = found["best"]
+        print(f"cacheless rows below use tile {found['best'][0]}, warps {found['best'][1]} (shipped: "
+              f"{found['shipped'][0]}, {found['shipped'][1]}); relative totals {found['relative_total']}", flush=True)
+    from titan_rope_ext.kernels import rotary as kernel
+
+    report["cacheless_tile_warps"] = [kernel._TILE_CACHELESS, kernel._NUM_WARPS_CACHELESS]
     report["shapes"] = []
     for seq in seqs:
         result = run_shape(opts.batch, seq, 32, 8, 128, line, opts.positions)

@@ -48,6 +48,11 @@ d. **Step time, converted / stock** (CUDA): both copies side by side at ``--time
    each round) of ``--steps`` steps after a warm-up step each, CUDA events, medians; the ratio is stock step
    time / converted step time (converted tokens/s over stock's).
 
+``--copies stock,converted,fused,fused_cacheless`` adds converted copies with ``rope_scaling.apply = "fused"`` (the
+Triton apply reading the one cache) and ``"fused_cacheless"`` (no cache at all) to parts c and d; ``--seqs`` measures
+part c at the lengths given instead of searching; ``--flex-kernels pinned`` fixes FlexAttention's kernels to the
+ones 0.3's autotuning chose at 65536 (``PINNED_FLEX``), so long lengths are not autotuned one by one.
+
 ``--toy`` runs every part on the debug flavors (qwen3 debugmodel for c and d, causal SDPA on CPU: FlexAttention
 has no CPU backward) at small lengths; ``--simulate-oom stock:256,converted:512`` raises
 ``torch.OutOfMemoryError`` in a step at or past those lengths, so the CPU test covers the out-of-memory path.
@@ -266,6 +271,18 @@ def _gib(nbytes) -> str:
 
 # --------------------------------------------------------------------------- parts c and d: a training step
 
+COPIES = {"stock": None, "converted": "torchtitan", "fused": "fused", "fused_cacheless": "fused_cacheless"}
+"""``--copies`` names: stock 0.3, or converted with this ``rope_scaling.apply`` (one cache per model; the fused
+Triton apply reading it; the cacheless apply, no cache at all)."""
+
+PINNED_FLEX = (r"(BLOCK_M=128, BLOCK_N=64|BLOCK_M1=64, BLOCK_M2=128, BLOCK_N1=128, BLOCK_N2=64), "
+               r".*num_stages=3, num_warps=8$")
+"""``--flex-kernels pinned``: the forward and backward FlexAttention kernels that 0.3's own autotuning chose for this
+step at seq 65536 on the H200 (benchmarks/results/rope_memory03_h200.txt), as a regex over inductor's choice
+descriptions: one choice left, so no length is autotuned (each new length otherwise benchmarks 20 kernels, minutes
+at 256K tokens). Both copies run the same kernels either way."""
+
+
 
 class Copy:
     """One model (stock or converted) ready to train at ``seq``: model, chunked loss, optimizer, batch."""
@@ -276,8 +293,8 @@ class Copy:
         from titan_rope_ext import RopeScaling
 
         self.name, self.seq, self.device, self.opts = name, seq, device, opts
-        config = model_config("qwen3", opts.step_flavor, seq, name == "converted",
-                              section=RopeScaling(rope_type="default"), attn=opts.attn)
+        config = model_config("qwen3", opts.step_flavor, seq, name != "stock",
+                              section=RopeScaling(rope_type="default", apply=COPIES[name] or "torchtitan"), attn=opts.attn)
         torch.manual_seed(0)  # both copies start from the same weights
         self.model = build(config, device, ac=True).train()
         self.model._skip_lm_head = True  # as the Trainer does for ChunkedLossWrapper
@@ -354,65 +371,78 @@ def _is_oom(err: BaseException) -> bool:
 def part_c(opts, device, log, began: float, save) -> dict:
     out = {"model": f"qwen3 {opts.step_flavor}, FullAC, {opts.attn}, documents of {opts.doc_len} tokens, "
                     f"ChunkedLossWrapper chunks of {opts.loss_chunk} tokens, bf16 autocast, fused AdamW",
+           "flex_kernels": opts.flex_kernels if opts.attn == "flex" else None,
+           "copies": {name: COPIES[name] for name in opts.copies},
            "device_memory_bytes": (torch.cuda.get_device_properties(device).total_memory
                                    if device.type == "cuda" else None),
            "by_seq": {}}
-    seq = opts.seq0
-    while seq <= opts.max_seq:
-        predicted = _predict(out, seq)
-        if time.perf_counter() - began + predicted > opts.budget_s:
-            out["stopped"] = f"time budget: {seq} would take about {predicted:.0f} s more"
-            break
-        row = {name: measure_alone(name, opts, seq, device) for name in ("stock", "converted")}
+
+    def measure(seq: int, note: str = "") -> dict:
+        row = {name: measure_alone(name, opts, seq, device) for name in opts.copies}
         out["by_seq"][str(seq)] = row
-        log(f"c: seq {seq}: " + "; ".join(
+        log(f"c: seq {seq}{note}: " + "; ".join(
             f"{n} " + (f"peak {_gib(r.get('peak_bytes'))}, rope {_gib(r['rope']['bytes'])}, step {r['step_s']} s"
                        if r["fits"] else "out of memory") for n, r in row.items()))
         save()
-        if not row["converted"]["fits"]:
-            out["stopped"] = f"converted does not fit at {seq}"
-            break
-        seq *= 2
+        return row
+
+    def over_budget(seq: int) -> bool:
+        predicted = _predict(out, seq)
+        if time.perf_counter() - began + predicted > opts.budget_s:
+            out["stopped"] = f"time budget: {seq} would take about {predicted:.0f} s more"
+            return True
+        return False
+
+    if opts.seqs:  # the lengths given, nothing searched
+        for seq in opts.seqs:
+            if over_budget(seq):
+                break
+            measure(seq)
+        else:
+            out["stopped"] = "--seqs done"
     else:
-        out["stopped"] = f"--max-seq {opts.max_seq}"
-    # --bisect: lengths between the longest where converted fit and the first where it did not
-    low, high = _bounds(out, "converted")
-    for _ in range(opts.bisect if high is not None else 0):
-        seq = (low + high) // 2 // opts.granule * opts.granule
-        if seq in (low, high) or time.perf_counter() - began + _predict(out, seq) > opts.budget_s:
-            break
-        row = {name: measure_alone(name, opts, seq, device) for name in ("stock", "converted")}
-        out["by_seq"][str(seq)] = row
-        log(f"c: seq {seq} (bisect): " + "; ".join(f"{n} " + (f"peak {_gib(r.get('peak_bytes'))}" if r["fits"]
-                                                              else "out of memory") for n, r in row.items()))
-        save()
-        low, high = (seq, high) if row["converted"]["fits"] else (low, seq)
+        seq = opts.seq0
+        while seq <= opts.max_seq and not over_budget(seq):
+            if not measure(seq)["converted"]["fits"]:
+                out["stopped"] = f"converted does not fit at {seq}"
+                break
+            seq *= 2
+        else:
+            out.setdefault("stopped", f"--max-seq {opts.max_seq}")
+        # --bisect: lengths between the longest where converted fit and the first where it did not
+        low, high = _bounds(out, "converted")
+        for _ in range(opts.bisect if high is not None else 0):
+            seq = (low + high) // 2 // opts.granule * opts.granule
+            if seq in (low, high) or over_budget(seq):
+                break
+            low, high = (seq, high) if measure(seq, " (bisect)")["converted"]["fits"] else (low, seq)
     out["by_seq"] = dict(sorted(out["by_seq"].items(), key=lambda item: int(item[0])))
-    fits = {name: [int(s) for s, r in out["by_seq"].items() if r[name]["fits"]] for name in ("stock", "converted")}
+    fits = {name: [int(s) for s, r in out["by_seq"].items() if r[name]["fits"]] for name in opts.copies}
     out["longest_fit"] = {name: max(v) if v else None for name, v in fits.items()}
-    both = [s for s in fits["stock"] if s in fits["converted"]]
-    if both:
-        s = str(max(both))
-        stock, conv = out["by_seq"][s]["stock"], out["by_seq"][s]["converted"]
-        out["at_longest_both_fit"] = {
-            "seq": int(s), "peak_bytes": {"stock": stock["peak_bytes"], "converted": conv["peak_bytes"]},
-            "rope_bytes": {"stock": stock["rope"]["bytes"], "converted": conv["rope"]["bytes"]},
-            "peak_saved_bytes": (stock["peak_bytes"] - conv["peak_bytes"]) if stock["peak_bytes"] is not None
-            else None,
-            "first_loss_equal": stock["first_loss"] == conv["first_loss"]}
+    common = [s for s in fits["stock"] if all(s in v for v in fits.values())]
+    if common:
+        s = str(max(common))
+        row = out["by_seq"][s]
+        stock = row["stock"]
+        out["at_longest_all_fit"] = {
+            "seq": int(s), "peak_bytes": {n: r["peak_bytes"] for n, r in row.items()},
+            "rope_bytes": {n: r["rope"]["bytes"] for n, r in row.items()},
+            "peak_saved_bytes": {n: (stock["peak_bytes"] - r["peak_bytes"]) if stock["peak_bytes"] is not None
+                                 else None for n, r in row.items() if n != "stock"},
+            "first_loss_equal": {n: stock["first_loss"] == r["first_loss"] for n, r in row.items() if n != "stock"}}
     return out
 
 
 def _predict(out: dict, seq: int) -> float:
-    """Seconds that measuring both copies at ``seq`` should take: two steps each, a step's time linear in the
-    length (attention over packed documents is), from the longest length measured so far; plus building and the
-    first call's compilation."""
-    timed = [(int(s), r["stock"]["step_s"] + r["converted"]["step_s"]) for s, r in out["by_seq"].items()
-             if r["stock"]["fits"] and r["converted"]["fits"]]
+    """Seconds that measuring every copy at ``seq`` should take: two steps each, a step's time linear in the
+    length (attention over packed documents is), from the slowest copy at the longest length where one fit; plus
+    building and the first call's compilation."""
+    timed = [(int(s), max(r[n]["step_s"] for n in r if r[n]["fits"])) for s, r in out["by_seq"].items()
+             if any(x["fits"] for x in r.values())]
     if not timed:
         return 0.0
-    at, both = max(timed)
-    return 2 * 1.1 * both * seq / at + 20
+    at, slowest = max(timed)
+    return 2 * 1.1 * slowest * len(out["copies"]) * seq / at + 20
 
 
 def _bounds(out: dict, name: str) -> tuple[int | None, int | None]:
@@ -427,7 +457,7 @@ def part_d(opts, device, seq: int, log) -> dict:
     free()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    copies = {name: Copy(name, opts, seq, device) for name in ("stock", "converted")}
+    copies = {name: Copy(name, opts, seq, device) for name in opts.copies}
     firsts = {name: float(c.step()) for name, c in copies.items()}  # warm-up (compiled at this length in part c)
     for c in copies.values():
         c.step()
@@ -438,16 +468,18 @@ def part_d(opts, device, seq: int, log) -> dict:
         for name in order:
             per_step[name].append(time_steps(copies[name].step, opts.steps, device))
     med = {k: statistics.median(v) for k, v in per_step.items()}
+    others = [name for name in copies if name != "stock"]
     out = {"seq": seq, "rounds": opts.rounds, "steps_per_round": opts.steps,
            "step_ms_median": {k: round(1000 * v, 3) for k, v in med.items()},
            "step_ms_per_round": {k: [round(1000 * t, 3) for t in v] for k, v in per_step.items()},
+           "ratio_over_stock_tokens_per_s": {n: med["stock"] / med[n] for n in others},
            "ratio_converted_over_stock_tokens_per_s": med["stock"] / med["converted"],
-           "first_loss_equal": firsts["stock"] == firsts["converted"],
+           "first_loss_equal": all(firsts["stock"] == firsts[n] for n in others),
+           "first_loss": firsts,
            "rope_bytes": {k: c.rope["bytes"] for k, c in copies.items()},
-           "both_resident_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
-    log(f"d: seq {seq}: step ms median stock {out['step_ms_median']['stock']}, converted "
-        f"{out['step_ms_median']['converted']}; converted/stock tokens/s "
-        f"{out['ratio_converted_over_stock_tokens_per_s']:.4f}")
+           "all_resident_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+    log(f"d: seq {seq}: step ms median {out['step_ms_median']}; tokens/s over stock's "
+        + ", ".join(f"{n} {v:.4f}" for n, v in out["ratio_over_stock_tokens_per_s"].items()))
     copies = None
     free()
     return out
@@ -478,8 +510,19 @@ def parse(argv=None):
                    help="inner attention of parts c, d (default: flex on CUDA, causal SDPA on CPU)")
     p.add_argument("--simulate-oom", default="", help="test hook: 'stock:256,converted:512' raises "
                    "torch.OutOfMemoryError in a step of that copy at or past that length")
+    p.add_argument("--copies", default="stock,converted",
+                   help=f"comma list of the copies parts c and d build, from {', '.join(COPIES)}; stock and "
+                        "converted always (converted drives the search)")
+    p.add_argument("--seqs", default=None, help="part c at these lengths only (comma list), no search")
+    p.add_argument("--flex-kernels", default="autotune", choices=["autotune", "pinned"],
+                   help="FlexAttention kernels: 0.3's own autotuning at every new length, or pinned (PINNED_FLEX)")
     p.add_argument("--out", default=None)
     opts = p.parse_args(argv)
+    opts.copies = list(dict.fromkeys(opts.copies.split(",")))
+    unknown = [c for c in opts.copies if c not in COPIES]
+    if unknown or not {"stock", "converted"} <= set(opts.copies):
+        p.error(f"--copies {','.join(opts.copies)}: must list stock and converted, from {', '.join(COPIES)}")
+    opts.seqs = [int(x) for x in opts.seqs.split(",")] if opts.seqs else None
     opts.device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     toy = opts.toy
     defaults = dict(positions=512 if toy else 131072, seq0=64 if toy else 65536, max_seq=1024 if toy else 2**21,
@@ -516,6 +559,10 @@ def main(argv=None) -> int:
             Path(opts.out).write_text(json.dumps(report_, indent=1))
 
     log(f"{report_['device']}; {report_['versions']}; parts {sorted(opts.parts)}")
+    if opts.flex_kernels == "pinned":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.test_configs.autotune_choice_desc_regex = PINNED_FLEX
     failed = []
 
     def run(key: str, fn) -> None:
@@ -585,9 +632,9 @@ def _print_tables(r: dict) -> None:
         print(f"  longest fit: {c['longest_fit']}; stopped: {c.get('stopped')}")
     if "d_step_time" in r:
         d = r["d_step_time"]
-        ratio = d["ratio_converted_over_stock_tokens_per_s"]
-        print(f"\nStep time at seq {d['seq']} (d): converted/stock tokens/s {ratio:.4f}"
-              f"{'' if math.isfinite(ratio) else ' (not finite)'}; medians ms {d['step_ms_median']}")
+        ratios = ", ".join(f"{n} {v:.4f}" + ("" if math.isfinite(v) else " (not finite)")
+                           for n, v in d["ratio_over_stock_tokens_per_s"].items())
+        print(f"\nStep time at seq {d['seq']} (d): tokens/s over stock's: {ratios}; medians ms {d['step_ms_median']}")
 
 
 if __name__ == "__main__":

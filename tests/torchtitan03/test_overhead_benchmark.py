@@ -60,3 +60,19 @@ def test_overhead03_apply_fused_converts_with_the_fused_apply(tmp_path):
     assert " apply=fused; head_dim=16" in report["converted_rope"]
     assert report["fused_launches_per_forward"] == {"stock": 0, "converted": 0}
     assert math.isfinite(report["eager"]["ratio"]) and report["compiled"] == "skipped (--no-compile)"
+
+
+def test_overhead03_apply_fused_cacheless_keeps_no_cache(tmp_path):
+    out = tmp_path / "cacheless.json"
+    args = [a for a in TOY if a not in ("--compile-backend", "aot_eager")] + ["--no-compile", "--apply",
+                                                                             "fused_cacheless"]
+    proc = subprocess.run([sys.executable, "benchmarks/overhead03.py", *args, "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    report = json.loads(out.read_text())
+    assert " apply=fused_cacheless; head_dim=16" in report["converted_rope"]
+    # no cache rows: what the modules hold is inv_freq, head_dim / 2 = 8 floats each
+    assert report["rope_cache"]["converted"]["buffer_shape"] == [0, 8] and report["rope_cache"]["converted"]["bytes"] == 2 * 8 * 4
+    assert report["layer0_cache_max_abs_diff"] is None
+    assert report["fused_launches_per_forward"] == {"stock": 0, "converted": 0}  # CPU: the op's torch implementation
+    assert math.isfinite(report["eager"]["ratio"])

@@ -52,8 +52,8 @@ def test_rope_memory03_toy_run_on_cpu(tmp_path):
     assert "simulated" in c["by_seq"]["256"]["stock"]["oom"]
     assert c["longest_fit"] == {"stock": 128, "converted": 384}
     assert c["stopped"] == "converted does not fit at 512"
-    longest = c["at_longest_both_fit"]
-    assert longest["seq"] == 128 and longest["first_loss_equal"] is True  # the same numbers in both copies
+    longest = c["at_longest_all_fit"]
+    assert longest["seq"] == 128 and longest["first_loss_equal"] == {"converted": True}  # the same numbers
     assert longest["rope_bytes"] == {"stock": 8 * 128 * 256 * 4, "converted": 128 * 256 * 4}
 
     # d: both copies side by side at half the longest stock fit
@@ -63,3 +63,31 @@ def test_rope_memory03_toy_run_on_cpu(tmp_path):
     assert math.isfinite(d["ratio_converted_over_stock_tokens_per_s"]) and d["ratio_converted_over_stock_tokens_per_s"] > 0
     assert d["rope_bytes"] == {"stock": 8 * 64 * 256 * 4, "converted": 64 * 256 * 4}
     assert "Peak of one training step" in proc.stdout and "Step time at seq 64" in proc.stdout
+
+
+def test_rope_memory03_four_copies_at_given_lengths(tmp_path):
+    """``--copies`` with the fused and cacheless applies, ``--seqs`` instead of the search: every copy is measured
+    at each length, the cacheless copy holds no cache rows, and all four compute stock's first loss."""
+    out = tmp_path / "four.json"
+    proc = subprocess.run([sys.executable, "benchmarks/rope_memory03.py", "--device", "cpu", "--toy", "--parts", "c,d",
+                           "--copies", "stock,converted,fused,fused_cacheless", "--seqs", "64,128", "--time-seq", "64",
+                           "--rounds", "2", "--budget-s", "3600", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    r = json.loads(out.read_text())
+    c = r["c_peak"]
+    assert list(c["by_seq"]) == ["64", "128"] and c["stopped"] == "--seqs done"
+    assert c["copies"] == {"stock": None, "converted": "torchtitan", "fused": "fused",
+                           "fused_cacheless": "fused_cacheless"}
+    longest = c["at_longest_all_fit"]
+    assert longest["seq"] == 128
+    assert longest["rope_bytes"]["stock"] == 8 * 128 * 256 * 4
+    assert longest["rope_bytes"]["converted"] == longest["rope_bytes"]["fused"] == 128 * 256 * 4
+    # the cacheless copy: zero-row caches, and one inv_freq (head_dim 128 -> 64 floats) in each of 8 modules
+    assert longest["rope_bytes"]["fused_cacheless"] == 0
+    assert c["by_seq"]["128"]["fused_cacheless"]["rope"]["inv_freq_bytes"] == 8 * 64 * 4
+    # CPU: stock's apply for "fused", the op's float32 torch implementation for the cacheless copy
+    assert longest["first_loss_equal"]["converted"] and longest["first_loss_equal"]["fused"]
+    assert abs(c["by_seq"]["128"]["fused_cacheless"]["first_loss"] - c["by_seq"]["128"]["stock"]["first_loss"]) < 1e-5
+    d = r["d_step_time"]
+    assert d["seq"] == 64 and set(d["ratio_over_stock_tokens_per_s"]) == {"converted", "fused", "fused_cacheless"}

@@ -58,6 +58,12 @@ _TILE = 1024
 _NUM_WARPS = 4
 """Warps per program (benchmarks/rope_apply.py --sweep times other tiles and warp counts)."""
 
+_TILE_CACHELESS = 1024
+"""``_TILE`` of the cacheless kernel, which also computes cos and sin per token (swept separately)."""
+
+_NUM_WARPS_CACHELESS = 4
+"""``_NUM_WARPS`` of the cacheless kernel."""
+
 
 @triton.jit
 def _rotate_tile(x_ptr, o_ptr, cos, sin, b, s, t, tmask, h_block, n_heads, sx_b, sx_s, sx_h,
@@ -177,12 +183,12 @@ def _check_cacheless(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor, p
                          f"{tuple(inv_freq.shape)}")
 
 
-def _blocks(head_dim: int, q_heads: int, k_heads: int) -> tuple[int, int, int]:
+def _blocks(head_dim: int, q_heads: int, k_heads: int, tile: int | None = None) -> tuple[int, int, int]:
     """``(BLOCK_HALF, BLOCK_H, BLOCK_T)``: heads per step from the smaller nonzero head count (so
-    k's steps are not mostly masked), tokens to fill ``_TILE`` elements. The sizes are the kernel's
+    k's steps are not mostly masked), tokens to fill ``tile`` (default ``_TILE``) elements. The sizes are the kernel's
     compile-time constants, so symbolic ones (a dynamic-shape trace of the op's body) are specialized
     to their values here: the cache cannot hash them, and sympy took minutes over the division."""
-    return _blocks_for(int(head_dim), int(q_heads), int(k_heads), _TILE)
+    return _blocks_for(int(head_dim), int(q_heads), int(k_heads), int(_TILE if tile is None else tile))
 
 
 @functools.lru_cache(maxsize=256)
@@ -228,7 +234,8 @@ def _launch(q, k, cos, sin, factor: float, positions, pairs: bool, conjugate: bo
     n_tokens = batch * seq
     if n_tokens == 0:
         return qo, ko
-    block_half, block_h, block_t = _blocks(head_dim, q_heads, k_heads)
+    tile, warps = (_TILE_CACHELESS, _NUM_WARPS_CACHELESS) if cacheless else (_TILE, _NUM_WARPS)
+    block_half, block_h, block_t = _blocks(head_dim, q_heads, k_heads, tile)
     grid = (triton.cdiv(n_tokens, block_t),)
     if positions is None:
         pos, sp_b, sp_s = q, 0, 0  # unused pointer
@@ -241,7 +248,7 @@ def _launch(q, k, cos, sin, factor: float, positions, pairs: bool, conjugate: bo
         cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1), sp_b, sp_s, factor,
         HAS_POS=positions is not None, PAIRS=pairs, CONJ=conjugate, HALF=head_dim // 2,
         BLOCK_HALF=block_half, BLOCK_T=block_t, BLOCK_H=block_h, CACHELESS=cacheless,
-        LIBDEVICE=q.is_cuda, num_warps=_NUM_WARPS,
+        LIBDEVICE=q.is_cuda, num_warps=warps,
     )
     return qo, ko
 

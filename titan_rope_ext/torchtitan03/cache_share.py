@@ -183,11 +183,12 @@ def rope_cache_report(*models) -> dict:
 
     Storages are told apart by their storage object (so meta tensors count right), a DTensor by its
     local tensor. ``per_layer_bytes`` is one module's cache; ``stock_bytes`` what one cache per layer,
-    stock 0.3's layout, would hold.
+    stock 0.3's layout, would hold. ``inv_freq_bytes``: the cacheless apply's frequency buffers (``dim // 2``
+    floats per module), which replace the cache.
     """
     from torchtitan.models.common.rope import RoPE
 
-    storages, modules, first, placements = {}, 0, None, None
+    storages, modules, first, placements, inv_freq = {}, 0, None, None, {}
     for model in models:
         for module in model.modules():
             if isinstance(module, RoPE) and module.cache is not None:
@@ -198,9 +199,14 @@ def rope_cache_report(*models) -> dict:
                     first = local
                     placements = str(tuple(cache.placements)) if isinstance(cache, DTensor) else None
                 storages[_storage_id(cache)] = local.untyped_storage().nbytes()
+                freqs = module._buffers.get("inv_freq")
+                if freqs is not None:
+                    local_freqs = freqs.to_local() if isinstance(freqs, DTensor) else freqs
+                    inv_freq[_storage_id(freqs)] = local_freqs.untyped_storage().nbytes()
     per_layer = first.untyped_storage().nbytes() if first is not None else 0
     return {"rope_modules": modules, "unique_storages": len(storages), "bytes": sum(storages.values()),
             "per_layer_bytes": per_layer, "stock_bytes": modules * per_layer,
+            "inv_freq_bytes": sum(inv_freq.values()),
             "shape": list(first.shape) if first is not None else None,
             "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
             "device": str(first.device) if first is not None else None, "dtensor_placements": placements}
@@ -210,7 +216,7 @@ def report_line(report: dict) -> str:
     """``28 RoPE layers share 1 cache storage(s): float32 [131072, 256] on cuda:0, 134217728 bytes (...)``."""
     if report["rope_modules"] and not report["bytes"]:
         return (f"{report['rope_modules']} RoPE layers hold no cache rows (apply = fused_cacheless: cos and sin are "
-                "computed from inv_freq in the kernel)")
+                f"computed in the kernel from inv_freq, {report.get('inv_freq_bytes', 0)} bytes in all)")
     dtensor = f" (DTensor {report['dtensor_placements']})" if report["dtensor_placements"] else ""
     return (f"{report['rope_modules']} RoPE layers share {report['unique_storages']} cache storage(s): "
             f"{report['dtype']} {report['shape']} on {report['device']}{dtensor}, {report['bytes']} bytes "
