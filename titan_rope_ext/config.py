@@ -105,9 +105,10 @@ class RopeScaling:
     apply: _Apply = "torchtitan"
     """How the attention modules rotate q and k (any rope_type): "torchtitan", the model's own
     ``apply_rotary_emb``; "fused", one Triton kernel for q and k, forward and backward, on CUDA
-    tensors (torchtitan's code on other devices); "fused_cacheless" (torchtitan 0.3 only, for now), the
-    same kernel computing cos and sin from the frequencies and positions, so no rotary cache is
-    allocated (a torch implementation off CUDA). See titan_rope_ext/kernels/rotary.py."""
+    tensors (torchtitan's code on other devices); "fused_cacheless", the same kernel computing cos and
+    sin from the frequencies and positions, so no rotary cache is allocated (the op's torch
+    implementation off CUDA; no fallback to torchtitan's code); on torchtitan 0.2 not with
+    parallelism.context_parallel_degree > 1. See titan_rope_ext/kernels/rotary.py."""
 
     def __post_init__(self) -> None:
         if self.hf_config is not None and self.from_hf_assets:

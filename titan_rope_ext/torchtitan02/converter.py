@@ -23,6 +23,14 @@ def check_job(job_config) -> tuple[Adapter, RopeScaling]:
     Finds the adapter for ``model.name``'s model class and checks the section against the
     flavor's head_dim. Raises ValueError naming the key and value. Used by the converter
     and by ``titan-rope train`` before it launches anything.
+
+    ``apply = "fused_cacheless"`` with ``parallelism.context_parallel_degree > 1`` is refused: the model's
+    rotary buffer then holds ``inv_freq`` (``head_dim // 2`` frequencies), but torchtitan 0.2 hands that
+    buffer to torch's ``context_parallel`` as a sequence-sharded one (``cp_buffers=[inputs, labels] +
+    [m.freqs_cis for m in model_parts]``, ``cp_seq_dims`` 0 for it): 0.2.0's train step does, and 0.2.2's
+    train step no longer does (it shards ``positions``) but its validator (``components/validate.py``)
+    still does. Sharded, ``inv_freq`` would lose frequencies on every rank; ``apply = "fused"`` keeps a
+    cache with rows to shard.
     """
     from torchtitan.protocols.train_spec import get_train_spec
 
@@ -33,9 +41,10 @@ def check_job(job_config) -> tuple[Adapter, RopeScaling]:
             f'set [job] custom_config_module = "titan_rope_ext.job_config"'
         )
     config = config.resolve_hf_assets(job_config.model.hf_assets_path)
-    if config.apply == "fused_cacheless":
-        raise ValueError("rope_scaling.apply = 'fused_cacheless' is not available on torchtitan 0.2 yet (torchtitan "
-                         "0.3 has it); use 'fused' (the same kernel reading the model's one rotary cache)")
+    if config.apply == "fused_cacheless" and (cp := job_config.parallelism.context_parallel_degree) > 1:
+        raise ValueError(f"rope_scaling.apply = 'fused_cacheless' cannot run with parallelism.context_parallel_degree "
+                         f"= {cp} on torchtitan 0.2 (its context parallelism shards the model's rotary buffer along "
+                         f"the sequence, and the cacheless buffer is inv_freq, with no rows); use apply = 'fused'")
     spec = get_train_spec(job_config.model.name)
     adapter = adapter_for(spec.model_cls, job_config.model.name)
     model_args = spec.model_args.get(job_config.model.flavor)
@@ -48,7 +57,8 @@ class RopeScalingConverter:
     """Replaces how the model computes its rotary cache by the ``[rope_scaling]`` method.
 
     The cache stays the model's own non-persistent buffer (``freqs_cis`` for llama3), so
-    checkpoints never contain it and torchtitan's parallelisms see an unchanged model.
+    checkpoints never contain it and torchtitan's parallelisms see an unchanged model. With
+    ``apply = "fused_cacheless"`` that buffer holds ``inv_freq`` instead of a cache (``models/_fused.py``).
     """
 
     def __init__(self, job_config, parallel_dims):

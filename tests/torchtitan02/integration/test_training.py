@@ -43,6 +43,15 @@ def test_fused_apply_on_cpu_trains_exactly_like_torchtitans_apply(runs):
     assert fused.losses == runs("yarn").check().losses
 
 
+def test_fused_cacheless_apply_on_cpu_trains_like_the_cached_model(runs):
+    # the cacheless op rotates on CPU too (its torch implementation) from the inv_freq the model holds instead
+    # of a cache; with a constant LR after warmup, 4 steps follow the first 4 of the cached 10-step run
+    cacheless = runs("yarn", steps=4, extra=("--rope_scaling.apply", "fused_cacheless")).check()
+    assert "apply=fused_cacheless in 6 attention modules: no rotary cache is allocated" in cacheless.output
+    cached = runs("yarn").check().losses
+    assert cacheless.losses == pytest.approx({step: cached[step] for step in range(1, 5)}, abs=2e-5)
+
+
 def test_cpu_run_log_shows_memory_and_no_gpu_noise(runs):
     run = runs("yarn").check()
     memory = [float(m) for m in __import__("re").findall(r"memory:\s+([-\d.]+)GiB", run.output)]

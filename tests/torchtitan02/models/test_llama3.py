@@ -141,10 +141,13 @@ def test_check_job_and_converter():
         check_job(job)
     with pytest.raises(ValueError, match="no \\[rope_scaling\\] section"):
         check_job(SimpleNamespace(model=job.model))
-    # the cacheless apply is torchtitan 0.3's only, for now: refused before anything is built
+    # the cacheless apply is refused only with context parallelism (tests/torchtitan02/models/test_cacheless.py)
     job.model.name, job.model.flavor = "llama3", "debugmodel"
+    job.parallelism = SimpleNamespace(context_parallel_degree=1)
     job.rope_scaling = RopeScaling(rope_type="linear", factor=2.0, apply="fused_cacheless")
-    with pytest.raises(ValueError, match="rope_scaling.apply = 'fused_cacheless' is not available on torchtitan 0.2"):
+    assert check_job(job)[1].apply == "fused_cacheless"
+    job.parallelism.context_parallel_degree = 2
+    with pytest.raises(ValueError, match="parallelism.context_parallel_degree = 2"):
         check_job(job)
 
 

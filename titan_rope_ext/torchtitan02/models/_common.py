@@ -30,7 +30,8 @@ def install(model: nn.Module, config: RopeScaling, make_subclass: Callable[[type
 
     The buffer is rebuilt on the device it lives on now: on the meta model of torchtitan's
     Trainer that allocates nothing, and the subclass makes ``init_weights(buffer_device)`` later
-    build the same cache on the real device. Refuses a model that was already converted.
+    build the same cache (``inv_freq`` with ``apply = "fused_cacheless"``) on the real device. Refuses a
+    model that was already converted.
     """
     if getattr(model, CONFIG_ATTR, None) is not None:
         raise RuntimeError(
@@ -49,19 +50,24 @@ def config_of(model: nn.Module) -> RopeScaling:
 
 def scaled_cache(model: nn.Module, head_dim: int,
                  cache_fn: Callable[[torch.Tensor, float, int], torch.Tensor]) -> torch.Tensor:
-    """The cache the converted ``model``'s section gives it: ``cache_fn(inv_freq, attention_factor,
-    max_seq_len)`` on the current default device."""
-    args = model.model_args
-    inv_freq, attention_factor = rope_frequencies(config_of(model), head_dim, args.rope_theta, args.max_seq_len)
+    """The rotary buffer the converted ``model``'s section gives it, on the current default device:
+    ``cache_fn(inv_freq, attention_factor, max_seq_len)``, or with ``apply = "fused_cacheless"`` the float32
+    ``inv_freq`` itself, ``(head_dim // 2,)`` (the attention computes cos and sin from it: ``_fused.py``)."""
+    args, config = model.model_args, config_of(model)
+    inv_freq, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
+    if config.apply == "fused_cacheless":
+        return inv_freq.to(torch.float32)
     return cache_fn(inv_freq, attention_factor, args.max_seq_len)
 
 
 def summary(config: RopeScaling, head_dim: int, args, head_dim_name: str, factor_site: str) -> str:
     """The converter's log summary: effective dims, theta and where it came from, length, and where the
-    attention factor went."""
+    attention factor went (``factor_site``; with ``apply = "fused_cacheless"``, the kernel's cos and sin)."""
     with torch.device("meta"):
         _, attention_factor = rope_frequencies(config, head_dim, args.rope_theta, args.max_seq_len)
     theta_source = config.theta_source or "the flavor's rope_theta"
+    if config.apply == "fused_cacheless":
+        factor_site = "on the cacheless kernel's cos and sin"
     return (
         f"{head_dim_name}={head_dim} theta={config.effective_theta(args.rope_theta)} ({theta_source}) "
         f"seq_len={args.max_seq_len} "
@@ -74,7 +80,8 @@ class MethodAdapter:
 
     Such a model calls ``self.<method>()`` at construction and in ``init_weights``; the
     converter gives the instance a subclass whose ``<method>`` builds the cache from
-    ``[rope_scaling]`` with ``cache_fn(inv_freq, attention_factor, max_seq_len)``. ``pairs``: its
+    ``[rope_scaling]`` with ``cache_fn(inv_freq, attention_factor, max_seq_len)`` (``scaled_cache``: the
+    cacheless apply's ``inv_freq`` instead). ``pairs``: its
     ``apply_rotary_emb`` rotates adjacent pairs (complex cache), else halves (``[cos | sin]`` cache).
     """
 
@@ -114,4 +121,4 @@ class MethodAdapter:
         install(model, config, lambda base: _subclass(base, self.method, self._precompute), self.buffer,
                 self._precompute)
         return summary(config, head_dim, args, "head_dim", self.factor_site) + apply_fused(
-            model, config, self.model_class(), self.pairs)
+            model, config, self.model_class(), self.pairs, head_dim)

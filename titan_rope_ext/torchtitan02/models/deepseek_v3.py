@@ -6,7 +6,8 @@ Layout: ``DeepSeekV3Model.freqs_cis`` is a non-persistent complex64 buffer of sh
 The model builds it with the module-level ``precompute_freqs_cis(model_args)``, called from
 ``__init__`` and ``init_weights``, so there is no method to hook: the converted instance's
 subclass overrides ``init_weights`` to run the stock one and then rebuild the cache from
-``[rope_scaling]`` on the same device.
+``[rope_scaling]`` on the same device (with ``apply = "fused_cacheless"``: ``inv_freq``, ``qk_rope_head_dim // 2``
+floats; the stock ``init_weights`` still builds its own cache first, which is dropped at once).
 
 Attention factor, as transformers' DeepSeek-V3 places it: the cache magnitude carries
 ``rope_frequencies``' factor (for YaRN with ``mscale`` and ``mscale_all_dim`` set, the ratio
@@ -93,7 +94,7 @@ class DeepSeekV3Adapter:
         factor = scale * (args.qk_nope_head_dim + args.qk_rope_head_dim) ** 0.5
         return summary(config, args.qk_rope_head_dim, args, "qk_rope_head_dim",
                        "in the complex cache") + f", softmax_scale x{factor:.6g}" + apply_fused(
-            model, config, self.model_class(), pairs=True, single=True)
+            model, config, self.model_class(), pairs=True, head_dim=args.qk_rope_head_dim, single=True)
 
 
 ADAPTER = DeepSeekV3Adapter()
