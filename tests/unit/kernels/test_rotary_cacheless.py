@@ -232,9 +232,14 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("pairs", [True, False])
 def test_cuda_kernel_equals_the_cached_kernel_on_a_gpu_built_cache(method, pairs):
-    """On CUDA the kernel's libdevice cosf/sinf are torch's CUDA cos/sin: the cacheless output equals the
-    cached kernel's on rows built on the GPU at positions up to 2**20 (bitwise expected; bound one bf16
-    ulp), forward and backward, and stays within one bf16 rounding of the float64 rotation."""
+    """The cacheless output equals the cached kernel's on rows built on the GPU at positions up to 2**20,
+    forward and backward, within one bf16 rounding plus a floor of 2**-20 of the largest output (outputs
+    near zero are differences of products, so the few-ulp float32 difference between two cos/sin
+    implementations can move them by more than one of their own ulps), and stays within one bf16 rounding
+    of the float64 rotation. With torch 2.11 (CUDA 13.0) torch's CUDA cos/sin/polar are libdevice's
+    cosf/sinf and the outputs agreed bit for bit; torch 2.14's CUDA cos/sin are not (both within 8.6e-8 of
+    float64 on angles up to 2**20: benchmarks/results/cos_accuracy_h200.txt), and a bound of one bf16 ulp
+    of each element failed the halves layout there."""
     from titan_rope_ext.cache import cache_views
     from titan_rope_ext.kernels.rotary import rotate, rotate_cacheless
 
@@ -257,8 +262,8 @@ def test_cuda_kernel_equals_the_cached_kernel_on_a_gpu_built_cache(method, pairs
     cacheless = rotate_cacheless(q, k, inv_freq, factor, positions, pairs, False)
     grads = [torch.autograd.grad(out, (q, k), up) for out in (cached, cacheless)]
     for a, b in [*zip(cacheless, cached), *zip(grads[1], grads[0])]:
-        ulp = torch.finfo(torch.bfloat16).eps * b.float().abs().clamp_min(2**-100)
-        assert ((a.float() - b.float()).abs() <= ulp).all()
+        bound = torch.finfo(torch.bfloat16).eps * b.float().abs() + 2.0**-20 * b.float().abs().max()
+        assert ((a.float() - b.float()).abs() <= bound).all()
     exact = rotary_cacheless_reference(q.detach().double(), k.detach().double(), inv_freq, factor, positions,
                                        pairs, False)
     for a, e in zip(cacheless, exact):
