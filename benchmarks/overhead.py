@@ -14,7 +14,9 @@ a fused AdamW step under bf16 autocast (torchtitan's single-GPU path). The two m
 ``--rounds`` rounds of ``--steps`` timed steps (CUDA events), eager and then with each block under
 ``torch.compile(fullgraph=True)`` as torchtitan's ``apply_compile`` does; the tokens/s reported are
 medians over rounds, and the ratio is converted / stock. ``--apply fused`` converts with
-``apply = "fused"`` (q and k rotated by the Triton op) and skips the cache-build timing below.
+``apply = "fused"`` (q and k rotated by the Triton op) and skips the cache-build timing below;
+``--apply fused_cacheless`` likewise, with the model's rotary buffer holding ``inv_freq`` instead of a cache
+(the report's ``rotary_buffer`` gives both copies' buffers).
 
 Then the cache build: ``rope_frequencies`` + ``complex_cache`` for 131072 positions at head_dim 128
 on the GPU, every rope type, against torchtitan's own ``precompute_freqs_cis``, median of 50 after
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--apply", default="torchtitan", choices=["torchtitan", "fused"])
+    parser.add_argument("--apply", default="torchtitan", choices=["torchtitan", "fused", "fused_cacheless"])
     parser.add_argument("--out", default=None)
     opts = parser.parse_args(argv)
 
@@ -171,7 +173,11 @@ def main(argv=None) -> int:
     converted.load_state_dict(stock.state_dict())  # same weights; the caches differ (stock llama3 vs YaRN)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "command": " ".join(sys.argv),
               "shape": f"{opts.layers} llama3-8B layers, batch {opts.batch} x seq {opts.seq}, bf16 autocast, fused AdamW",
-              "converter": cfg.describe()}
+              "converter": cfg.describe(),
+              # the model's one rotary buffer: the cache, or inv_freq with apply = "fused_cacheless"
+              "rotary_buffer": {name: {"shape": list(m.freqs_cis.shape), "dtype": str(m.freqs_cis.dtype),
+                                       "bytes": m.freqs_cis.numel() * m.freqs_cis.element_size()}
+                                for name, m in (("stock", stock), ("converted", converted))}}
     tokens = torch.randint(0, args.vocab_size, (opts.batch, opts.seq), device="cuda")
     labels = torch.randint(0, args.vocab_size, (opts.batch, opts.seq), device="cuda")
 
